@@ -1,0 +1,25 @@
+# d3s: D3S dataset distillation as a Snakemake workflow.
+#   teacher -> statistics -> distillation shards -> merge -> soft labels -> student evaluation -> summary
+# Run: snakemake --cores all            (embedded default: scikit-learn digits, CPU)
+#      snakemake --profile profiles/slurm (cluster)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/teacher.smk"
+include: "rules/stats.smk"
+include: "rules/distill.smk"
+include: "rules/relabel.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

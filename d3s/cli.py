@@ -1,0 +1,233 @@
+"""The `d3s` command line: one thin click command per pipeline stage.
+
+Each command reads explicit input files, writes one output file (atomically) and takes the
+stage's hyperparameters as options; the Snakemake rules call exactly these commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import D3SError
+from .hparams import DistillParams, EvalParams, RealTrainingParams, RelabelParams
+
+
+def _hparam_options(cls):
+    """Add one click option per hyperparameter field of dataclass `cls` (default and help from the field)."""
+
+    def deco(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            name = f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if isinstance(f.default, bool):
+                fn = click.option(f"--{name}/--no-{name}", f.name, default=f.default, show_default=True, help=help_text)(fn)
+            else:
+                ftype = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") else type(f.default)
+                fn = click.option(f"--{name}", f.name, type=ftype, default=f.default, show_default=True, help=help_text)(fn)
+        return fn
+
+    return deco
+
+
+def _take(cls, kwargs: dict):
+    """Pop the fields of `cls` out of click's kwargs and build the dataclass."""
+    return cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+
+
+def _runtime_options(fn):
+    """--device, --threads, --verbose: where a stage runs (not what it computes)."""
+    fn = click.option("--verbose", is_flag=True, help="debug logging")(fn)
+    fn = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")(fn)
+    fn = click.option("--device", default="auto", show_default=True,
+                      help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, device, threads, verbose, **kwargs):
+        from .runtime import configure, resolve_device, setup_logging
+
+        setup_logging(verbose)
+        configure(threads, kwargs.get("seed"))
+        try:
+            return fn(*args, device=resolve_device(device), threads=threads or 0, **kwargs)
+        except D3SError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def _data_option(fn):
+    return click.option(
+        "--data", "data", required=True, metavar="SPEC",
+        help="dataset spec: a YAML/JSON mapping such as '{source: digits}' or a YAML file holding one "
+             "(keys as in config/schema/config.schema.yaml, section 'datasets')",
+    )(fn)
+
+
+existing = click.Path(exists=True, dir_okay=False)
+output = click.Path(dir_okay=False, writable=True)
+
+
+def _workers(threads: int) -> int:
+    # In-memory datasets decode nothing, so worker processes would only add start-up time.
+    return 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="d3s")
+def main():
+    """D3S dataset distillation, one command per stage.
+
+    \b
+    train-teacher -> extract-stats -> distill (per IPC shard) -> merge
+                  -> relabel -> evaluate (per student and seed) -> summarize
+
+    Every artifact is an HDF5 file that records its class order, seed, config and code
+    version. The Snakemake workflow in this repository chains these commands; run them by
+    hand to debug one stage.
+    """
+
+
+@main.command("train-teacher")
+@_data_option
+@click.option("--arch", required=True, help="architecture name: a built-in (convnet3, ...) or any timm model")
+@click.option("--seed", type=int, default=0, help="seed for initialisation, batch order and augmentation")
+@click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
+@_hparam_options(RealTrainingParams)
+@_runtime_options
+def train_teacher_cmd(data, arch, seed, out, device, threads, **kw):
+    """Train a teacher on the real training set; record its test accuracy.
+
+    Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
+    order and training loss curve.
+    """
+    from .data import DatasetSpec
+    from .teacher import train_teacher
+
+    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, _workers(threads))
+
+
+@main.command("extract-stats")
+@click.option("--teacher", required=True, type=existing, help="teacher artifact (.h5)")
+@_data_option
+@click.option("--pooling", type=click.Choice(["positions", "image"]), default="positions",
+              help="positions: every (image, h, w) is a sample; image: one spatially averaged vector per image")
+@click.option("--batch-size", type=int, default=256, help="images per forward pass")
+@click.option("--out", required=True, type=output, help="statistics artifact to write (.h5)")
+@_runtime_options
+def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
+    """Mean and full covariance of every BatchNorm input of TEACHER over the real training set."""
+    from .data import DatasetSpec
+    from .stats import run_extract_stats
+    from .teacher import load_teacher
+
+    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, _workers(threads))
+
+
+@main.command("distill")
+@click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat for several")
+@click.option("--stats", "stats", required=True, multiple=True, type=existing, help="statistics artifact of each --teacher, same order")
+@click.option("--ipc-start", type=int, default=0, help="first IPC index of this shard")
+@click.option("--ipc-end", type=int, required=True, help="one past the last IPC index of this shard")
+@click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
+@click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
+@_hparam_options(DistillParams)
+@_runtime_options
+def distill_cmd(teachers, stats, ipc_start, ipc_end, seed, out, device, threads, **kw):
+    """Synthesise images IPC_START..IPC_END-1 of every class with the D3S objective.
+
+    Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
+    plus cross-entropy; writes uint8 images, labels and the loss curve.
+    """
+    from .distill import distill
+    from .stats import load_stats, stats_pooling
+    from .synthetic import save_synthetic
+    from .teacher import load_teachers
+
+    if len(teachers) != len(stats):
+        raise D3SError(f"distill: {len(teachers)} --teacher but {len(stats)} --stats; give one statistics file per teacher")
+    loaded = load_teachers(list(teachers), device)
+    layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)]
+    pooling = stats_pooling(list(stats))
+    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, _take(DistillParams, kw), seed, device)
+    result.inputs["stats"] = list(stats)
+    save_synthetic(out, result)
+
+
+@main.command("merge")
+@click.option("--shard", "shards", required=True, multiple=True, type=existing, help="shard images artifact; repeat")
+@click.option("--ipc", type=int, default=None, help="expected images per class (checks the shards cover 0..IPC-1)")
+@click.option("--out", required=True, type=output, help="merged images artifact to write (.h5)")
+def merge_cmd(shards, ipc, out):
+    """Join distillation shards (disjoint IPC ranges of one run) into one images artifact."""
+    from .synthetic import merge_synthetic, save_synthetic
+
+    try:
+        save_synthetic(out, merge_synthetic(list(shards), ipc))
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("relabel")
+@click.option("--images", required=True, type=existing, help="images artifact (.h5)")
+@click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat to average several")
+@click.option("--seed", type=int, default=0, help="seed of the views")
+@click.option("--out", required=True, type=output, help="soft-label artifact to write (.h5)")
+@_hparam_options(RelabelParams)
+@_runtime_options
+def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
+    """Soft labels per (epoch, image): a seeded crop/flip view and the teachers' mean logits (fp16)."""
+    from .relabel import generate_soft_labels
+    from .synthetic import load_synthetic
+    from .teacher import load_teachers
+
+    generate_soft_labels(load_teachers(list(teachers), device), load_synthetic(images), images,
+                         _take(RelabelParams, kw), seed, out, device)
+
+
+@main.command("evaluate")
+@click.option("--images", required=True, type=existing, help="images artifact (.h5)")
+@click.option("--labels", type=existing, default=None, help="soft-label artifact (.h5); needed for --label-mode soft")
+@_data_option
+@click.option("--student", required=True, help="student architecture (built-in or timm name)")
+@click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
+@click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
+@click.option("--out", required=True, type=output, help="result file to write (.json)")
+@_hparam_options(EvalParams)
+@_runtime_options
+def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, device, threads, **kw):
+    """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
+    from .data import DatasetSpec
+    from .evaluate import run_evaluate
+    from .synthetic import load_synthetic
+
+    spec = DatasetSpec.parse(data)
+    run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
+                 _workers(threads), meta={"dataset": dataset_name or spec.name})
+
+
+@main.command("summarize")
+@click.option("--result", "results", required=True, multiple=True, type=existing, help="result JSON; repeat")
+@click.option("--teacher", "teachers", multiple=True, type=existing, help="teacher artifact to list; repeat")
+@click.option("--dataset", required=True, help="dataset name for the table")
+@click.option("--tsv", required=True, type=output, help="table to write (TSV)")
+@click.option("--markdown", required=True, type=output, help="table to write (Markdown)")
+def summarize_cmd(results, teachers, dataset, tsv, markdown):
+    """Mean ± std over seeds per (method, IPC, student), with the teachers' accuracy."""
+    from .summary import summarize, write_tables
+
+    try:
+        rows = summarize(list(results), list(teachers), dataset)
+        write_tables(rows, tsv, markdown, list(teachers))
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(Path(markdown).read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Stage 3: synthesise IPC images per class by minimising the D3S objective.
+
+    L = sum_l w_l KL(N(mu_T,l, S_T,l) || N(mu_S,l, S_S,l)) / D_l  +  ce_weight * CE(f(aug(X_S)), Y_S)
+
+over the BatchNorm inputs of one or more teachers (averaged, or one teacher per iteration in
+turn). A shard covers IPC indices [ipc_start, ipc_end) of every class; it is optimised in
+class-mixed minibatches, and when it spans several minibatches its whole-set statistics are
+tracked with a moving average (only the live minibatch carries the gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import D3SError
+from .hparams import DistillParams
+from .gaussian import GaussianTarget, MovingMoments, batch_moments, feature_samples, gaussian_kl, gaussian_target
+from .runtime import generator, log, log_every, progress
+from .stats import BNInputRecorder, LayerStats
+from .synthetic import SyntheticSet
+from .teacher import Teacher
+from .training import cosine_schedule
+from .transforms import apply_views, sample_views
+
+
+
+
+def _check_finite(value: torch.Tensor, what: str, iteration: int, teacher: Teacher) -> None:
+    if not torch.isfinite(value):
+        raise D3SError(
+            f"distill: {what} is {value.item()} at iteration {iteration} (teacher {teacher.path}); "
+            "try a larger 'ridge' or a smaller 'lr'"
+        )
+
+
+def distill(
+    teachers: list[Teacher],
+    stats: list[list[LayerStats]],
+    pooling: str,
+    ipc_start: int,
+    ipc_end: int,
+    params: DistillParams,
+    seed: int,
+    device: torch.device,
+) -> SyntheticSet:
+    if not 0 <= ipc_start < ipc_end:
+        raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
+    if params.teacher_mode not in ("mean", "round_robin"):
+        raise D3SError(f"distill: teacher_mode must be 'mean' or 'round_robin', got {params.teacher_mode!r}")
+    t0 = teachers[0]
+    num_classes, size, channels = len(t0.classes), t0.image_size, t0.channels
+    normalizer = t0.normalizer(device)
+    lo, hi = normalizer.bounds()
+
+    targets: list[list[GaussianTarget]] = [
+        [gaussian_target(s.mean.to(device), s.cov.to(device), params.ridge) for s in layer_stats] for layer_stats in stats
+    ]
+    recorders = [BNInputRecorder(t.model, t.path) for t in teachers]
+    for t, rec, layer_stats in zip(teachers, recorders, stats):
+        if [s.name for s in layer_stats] != rec.names:
+            raise D3SError(f"distill: statistics layers {[s.name for s in layer_stats][:3]}... do not match "
+                           f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)")
+    weights = [params.first_layer_weight] + [1.0] * (len(targets[0]) - 1)
+
+    # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
+    ipcs = range(ipc_start, ipc_end)
+    labels = torch.tensor([c for _ in ipcs for c in range(num_classes)], dtype=torch.long)
+    ipc_index = np.asarray([i for i in ipcs for _ in range(num_classes)], dtype=np.int64)
+    n = len(labels)
+    g_init, g_aug = generator(seed, 10, ipc_start, ipc_end), generator(seed, 11, ipc_start, ipc_end)
+    init = torch.randn(n, channels, size, size, generator=g_init).to(device)
+    init = torch.maximum(torch.minimum(init, hi), lo)
+    blocks = [slice(b, min(b + params.batch_size, n)) for b in range(0, n, params.batch_size)]
+    pixels = [torch.nn.Parameter(init[b].clone()) for b in blocks]
+    optimisers = [torch.optim.Adam([p], lr=params.lr, betas=(0.5, 0.9)) for p in pixels]
+    schedules = [cosine_schedule(o, params.iterations) for o in optimisers]
+    moving = [[MovingMoments(params.ema_momentum) for _ in tgts] for tgts in targets]
+    scale = (params.crop_scale_min, params.crop_scale_max)
+
+    def render(x: torch.Tensor) -> torch.Tensor:
+        boxes, flips = sample_views(len(x), scale, t0.hflip, g_aug)
+        if params.jitter:
+            dx, dy = torch.randint(-params.jitter, params.jitter + 1, (2,), generator=g_aug).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        return apply_views(x, boxes, flips, size)
+
+    if len(blocks) > 1:  # start every moving average at the exact whole-set statistics
+        with torch.no_grad():
+            for k, (t, rec) in enumerate(zip(teachers, recorders)):
+                per_block = []
+                for p in pixels:
+                    t.model(render(p))
+                    per_block.append([batch_moments(feature_samples(f.float(), pooling)) for f in rec.inputs])
+                for l, mm in enumerate(moving[k]):
+                    mm.initialise([blk[l] for blk in per_block])
+
+    curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "kl", "ce")}
+    total_steps = params.iterations * len(blocks)
+    every = log_every(params.iterations)
+    bar = progress(total=total_steps, desc=f"distill ipc {ipc_start}-{ipc_end}")
+    log.info("distilling %d images (IPC %d..%d x %d classes) in %d minibatch(es), %d iterations, %d teacher(s)",
+             n, ipc_start, ipc_end - 1, num_classes, len(blocks), params.iterations, len(teachers))
+    for step in range(total_steps):
+        it, b = divmod(step, len(blocks))
+        p, y = pixels[b], labels[blocks[b]].to(device)
+        share = len(y) / n
+        active = range(len(teachers)) if params.teacher_mode == "mean" else [it % len(teachers)]
+        x = render(p)
+        loss_kl = torch.zeros((), dtype=torch.float64, device=device)
+        loss_ce = torch.zeros((), device=device)
+        for k in active:
+            t, rec = teachers[k], recorders[k]
+            logits = t.model(x)
+            loss_ce = loss_ce + F.cross_entropy(logits, y)
+            for l, (feats, target, mm) in enumerate(zip(rec.inputs, targets[k], moving[k])):
+                mean_b, cov_b = batch_moments(feature_samples(feats.float(), pooling))
+                mean, cov = mm.combine(mean_b, cov_b, share)
+                try:
+                    kl = gaussian_kl(target, mean, cov) / target.dim
+                except torch.linalg.LinAlgError:
+                    kl = torch.tensor(float("nan"), dtype=torch.float64)
+                _check_finite(kl, f"KL of layer '{rec.names[l]}'", it, t)
+                loss_kl = loss_kl + weights[l] * kl
+                if share < 1.0:
+                    mm.update(mean_b, cov_b)
+        loss_kl, loss_ce = loss_kl / len(active), loss_ce / len(active)
+        loss = params.kl_weight * loss_kl.float() + params.ce_weight * loss_ce
+        _check_finite(loss, "the loss", it, teachers[active[0]] if isinstance(active, list) else t0)
+        optimisers[b].zero_grad(set_to_none=True)
+        loss.backward()
+        optimisers[b].step()
+        schedules[b].step()
+        with torch.no_grad():
+            p.copy_(torch.maximum(torch.minimum(p, hi), lo))
+        share_it = 1 / len(blocks)
+        curves["total"][it] += loss.item() * share_it
+        curves["kl"][it] += loss_kl.item() * share_it
+        curves["ce"][it] += loss_ce.item() * share_it
+        bar.update(1)
+        if b == len(blocks) - 1 and ((it + 1) % every == 0 or it == 0):
+            bar.set_postfix(loss=f"{curves['total'][it]:.4f}")
+            log.info("iteration %d/%d  loss %.4f  (kl %.4f, ce %.4f)", it + 1, params.iterations,
+                     curves["total"][it], curves["kl"][it], curves["ce"][it])
+    bar.close()
+    for rec in recorders:
+        rec.__exit__(None, None, None)
+
+    with torch.no_grad():
+        images = torch.cat([normalizer.to_uint8(p) for p in pixels]).permute(0, 2, 3, 1).cpu().numpy()
+    return SyntheticSet(
+        images=images, labels=labels.numpy(), ipc_index=ipc_index, classes=t0.classes, method="d3s",
+        teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
+        config={**asdict(params), "pooling": pooling}, seed=seed,
+        loss_curves={f"ipc{ipc_start}-{ipc_end}": curves},
+        inputs={"teachers": [t.path for t in teachers], "ipc_range": [ipc_start, ipc_end]},
+    )

@@ -1,0 +1,149 @@
+"""Gaussian statistics of features: streaming moments, moving averages and the KL divergence.
+
+Small pure functions so tests can check them against numpy and torch.distributions.
+Conventions: covariances are population (divide by n) maximum-likelihood estimates; the KL is
+KL(N_real || N_syn), as in the D3S objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def feature_samples(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Turn a feature map into rows of samples: every (image, h, w) position, or one pooled row per image."""
+    if x.dim() == 2:
+        return x
+    if pooling == "positions":
+        return x.transpose(1, -1).reshape(-1, x.shape[1])
+    if pooling == "image":
+        return x.flatten(2).mean(2)
+    raise ValueError(f"pooling must be 'positions' or 'image', got {pooling!r}")
+
+
+def batch_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population covariance of rows of `samples` (differentiable, in the input dtype)."""
+    mean = samples.mean(0)
+    centred = samples - mean
+    return mean, centred.T @ centred / samples.shape[0]
+
+
+class MomentAccumulator:
+    """Streaming mean and covariance over batches of rows; memory does not grow with the data.
+
+    Each batch is centred on its own mean in its own dtype (cheap and accurate in float32) and
+    merged into float64 running moments with Chan et al.'s pairwise update.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu"):
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.scatter = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, samples: torch.Tensor) -> None:
+        n = samples.shape[0]
+        if n == 0:
+            return
+        b_mean = samples.mean(0)
+        centred = samples - b_mean
+        b_scatter = (centred.T @ centred).double()
+        b_mean = b_mean.double()
+        total = self.count + n
+        delta = b_mean - self.mean
+        self.scatter += b_scatter + torch.outer(delta, delta) * (self.count * n / total)
+        self.mean += delta * (n / total)
+        self.count = total
+
+    def covariance(self) -> torch.Tensor:
+        return self.scatter / max(self.count, 1)
+
+
+@dataclass
+class GaussianTarget:
+    """The real-data Gaussian of one layer, prepared once: mean, ridged Cholesky factor and log-det."""
+
+    mean: torch.Tensor  # float64 [D]
+    chol: torch.Tensor  # float64 [D, D], lower
+    logdet: torch.Tensor  # float64 scalar
+    ridge: float
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+
+def layer_ridge(cov: torch.Tensor, ridge: float) -> float:
+    """Ridge as a fraction of the mean variance, so one setting suits layers of any scale.
+
+    Needed on both sides: the first BN layer's real covariance is singular (a 3x3 conv on C
+    channels spans at most 9C directions) and a small synthetic set has fewer samples than dims.
+    """
+    return float(ridge * torch.diagonal(cov).mean().clamp_min(1e-12))
+
+
+def gaussian_target(mean: torch.Tensor, cov: torch.Tensor, ridge: float) -> GaussianTarget:
+    cov = cov.double()
+    eps = layer_ridge(cov, ridge)
+    chol = torch.linalg.cholesky(cov + eps * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
+    return GaussianTarget(mean.double(), chol, 2 * torch.log(torch.diagonal(chol)).sum(), eps)
+
+
+def gaussian_kl(target: GaussianTarget, mean_s: torch.Tensor, cov_s: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_T, Sigma_T) || N(mu_S, Sigma_S)) in float64, with the target's ridge added to Sigma_S.
+
+    1/2 [tr(S^-1 T) + (mu_S - mu_T)^T S^-1 (mu_S - mu_T) - D + logdet S - logdet T]; gradients flow
+    through mean_s and cov_s.
+    """
+    d = target.dim
+    cov_s = cov_s.double() + target.ridge * torch.eye(d, dtype=torch.float64, device=cov_s.device)
+    chol_s = torch.linalg.cholesky(cov_s)
+    solved = torch.linalg.solve_triangular(chol_s, target.chol, upper=False)
+    trace = solved.square().sum()
+    diff = (mean_s.double() - target.mean).unsqueeze(1)
+    maha = torch.linalg.solve_triangular(chol_s, diff, upper=False).square().sum()
+    logdet_s = 2 * torch.log(torch.diagonal(chol_s)).sum()
+    return 0.5 * (trace + maha - d + logdet_s - target.logdet)
+
+
+class MovingMoments:
+    """Exponential moving average of a synthetic set's first and raw second moments.
+
+    When the synthetic set is larger than a minibatch, its whole-set statistics are estimated as
+    the live minibatch's moments (which carry the gradient) weighted by the minibatch's share of
+    the set, plus the detached moving average for the rest. Raw second moments (E[x x^T]) are
+    averaged, not covariances, so averaging equal-sized blocks gives the exact whole-set covariance.
+    """
+
+    def __init__(self, momentum: float):
+        self.momentum = momentum
+        self.mean: torch.Tensor | None = None
+        self.second: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def initialise(self, block_moments: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start from the exact average of every block's (mean, covariance) (equal-sized blocks)."""
+        means = torch.stack([m for m, _ in block_moments])
+        seconds = torch.stack([c + torch.outer(m, m) for m, c in block_moments])
+        self.mean, self.second = means.mean(0), seconds.mean(0)
+
+    def combine(self, mean_b: torch.Tensor, cov_b: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-set (mean, covariance) estimate; gradients flow through the live block only."""
+        if self.mean is None or share >= 1.0:
+            return mean_b, cov_b
+        second_b = cov_b + torch.outer(mean_b, mean_b)
+        mean = share * mean_b + (1 - share) * self.mean
+        second = share * second_b + (1 - share) * self.second
+        return mean, second - torch.outer(mean, mean)
+
+    @torch.no_grad()
+    def update(self, mean_b: torch.Tensor, cov_b: torch.Tensor) -> None:
+        second_b = cov_b + torch.outer(mean_b, mean_b)
+        if self.mean is None:
+            self.mean, self.second = mean_b.detach().clone(), second_b.detach().clone()
+            return
+        m = self.momentum
+        self.mean.mul_(m).add_(mean_b.detach(), alpha=1 - m)
+        self.second.mul_(m).add_(second_b.detach(), alpha=1 - m)

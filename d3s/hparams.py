@@ -1,0 +1,65 @@
+"""Every stage's hyperparameters, declared once: default, CLI option and --help text.
+
+Kept free of torch so `d3s --help` is instant. `config/schema/config.schema.yaml` documents
+the same keys for the workflow; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+def hparam(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class RealTrainingParams:
+    """Teacher training on real images (train-teacher)."""
+    epochs: int = hparam(30, "passes over the real training set")
+    batch_size: int = hparam(128, "images per SGD step")
+    lr: float = hparam(0.05, "peak learning rate (SGD, Nesterov momentum 0.9, cosine decay)")
+    weight_decay: float = hparam(5e-4, "L2 weight decay")
+    warmup_epochs: int = hparam(1, "epochs of linear learning-rate warm-up")
+
+
+@dataclass
+class DistillParams:
+    """D3S synthesis (distill)."""
+    iterations: int = hparam(1000, "optimisation steps per synthetic image")
+    lr: float = hparam(0.1, "Adam learning rate on the pixels (betas 0.5, 0.9; cosine decay)")
+    batch_size: int = hparam(100, "synthetic images per minibatch (class-mixed)")
+    ce_weight: float = hparam(1.0, "weight of the cross-entropy on the assigned labels")
+    kl_weight: float = hparam(1.0, "weight of the summed per-layer KL (each normalised by its dimension)")
+    first_layer_weight: float = hparam(1.0, "extra weight on the first BatchNorm layer's KL")
+    ridge: float = hparam(1e-3, "ridge added to both covariances, as a fraction of the layer's mean real variance")
+    ema_momentum: float = hparam(0.9, "momentum of the whole-set moving statistics (shards larger than one minibatch)")
+    crop_scale_min: float = hparam(0.5, "smallest random-resized-crop area fraction per step")
+    crop_scale_max: float = hparam(1.0, "largest random-resized-crop area fraction per step")
+    jitter: int = hparam(1, "largest random roll of the images per step, in pixels")
+    teacher_mode: str = hparam("mean", "with several teachers: average them each step, or one per iteration", ("mean", "round_robin"))
+
+
+@dataclass
+class RelabelParams:
+    """Soft-label generation (relabel)."""
+    epochs: int = hparam(300, "label epochs: one view and one soft label per image per epoch")
+    crop_scale_min: float = hparam(0.5, "smallest random-resized-crop area fraction of a view")
+    crop_scale_max: float = hparam(1.0, "largest random-resized-crop area fraction of a view")
+    batch_size: int = hparam(256, "images per teacher forward pass (does not change the labels)")
+
+
+@dataclass
+class EvalParams:
+    """Student training on the distilled set (evaluate)."""
+    epochs: int = hparam(300, "student epochs over the distilled set (label epochs are cycled if fewer)")
+    batch_size: int = hparam(100, "images per step (capped at the set size)")
+    lr: float = hparam(1e-3, "AdamW learning rate (cosine decay to 0)")
+    weight_decay: float = hparam(0.01, "AdamW weight decay")
+    temperature: float = hparam(4.0, "soft-label temperature T")
+    t2_scale: bool = hparam(False, "multiply the KL by T^2 (peers do not)")
+    label_mode: str = hparam("soft", "soft: replay stored views and teacher logits; hard: fresh views, assigned labels", ("soft", "hard"))
+    crop_scale_min: float = hparam(0.5, "hard mode: smallest random-resized-crop area fraction")
+    crop_scale_max: float = hparam(1.0, "hard mode: largest random-resized-crop area fraction")

@@ -1,0 +1,91 @@
+"""One registry turns an architecture name into a model (timm-style).
+
+Built-in names are the small-image networks of the distillation literature; any other name is
+handed to `timm.create_model` (random init: weights are never downloaded at run time).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import D3SError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+class ConvNet(nn.Module):
+    """ConvNet-D (depth x [conv3x3-width, BatchNorm, ReLU, avg-pool 2]) + linear head.
+
+    BatchNorm (not the instance norm of DC/DSA/MTT) because D3S matches BN-layer statistics.
+    ReLU is not in-place so a hooked BN output is never overwritten.
+    """
+
+    def __init__(self, num_classes: int, in_chans: int, image_size: int, depth: int = 3, width: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = in_chans, image_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            if size >= 2:
+                layers.append(nn.AvgPool2d(2))
+                size //= 2
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width * size * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def _convnet_factory(depth: int, width: int):
+    def build(num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+        return ConvNet(num_classes, in_chans, image_size, depth=depth, width=width)
+
+    return build
+
+
+for _d in (3, 4):
+    register(f"convnet{_d}")(_convnet_factory(_d, 128))
+    register(f"convnet{_d}_w64")(_convnet_factory(_d, 64))
+    register(f"convnet{_d}_w32")(_convnet_factory(_d, 32))
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    """A randomly initialised model for `num_classes` classes and `in_chans`-channel inputs."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+    if re.fullmatch(r"convnet\d+.*", name):
+        raise D3SError(f"unknown architecture {name!r}; built-in: {', '.join(list_models())}")
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise D3SError(f"unknown architecture {name!r}: not built in ({', '.join(list_models())}) and {e}") from None
+
+
+def bn_layers(model: nn.Module, where: str = "model") -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """The BatchNorm layers whose inputs D3S models as Gaussians, in forward-definition order."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        raise D3SError(
+            f"{where} has no BatchNorm layers: D3S matches the statistics of BatchNorm inputs, "
+            "so the teacher must contain nn.BatchNorm1d/2d layers"
+        )
+    return layers

@@ -1,0 +1,136 @@
+"""Stage 2: per-layer Gaussian statistics of a teacher's BatchNorm inputs over the real training set.
+
+One eval-mode pass per teacher; mean and full covariance per BN layer, accumulated in float64
+(memory independent of dataset size). BN inputs are hooked, not outputs: a frozen BN is an
+invertible per-channel affine map, so the KL is the same either way, and inputs are never
+overwritten by an in-place activation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
+from .data import DatasetSpec, load_dataset
+from .errors import D3SError
+from .gaussian import MomentAccumulator, feature_samples
+from .models import bn_layers
+from .runtime import log, log_every, progress
+from .teacher import Teacher
+from .transforms import resize
+
+
+class BNInputRecorder(contextlib.AbstractContextManager):
+    """Records the input of every BatchNorm layer of a model on each forward pass."""
+
+    def __init__(self, model: nn.Module, where: str = "model"):
+        self.layers = bn_layers(model, where)
+        self.names = [n for n, _ in self.layers]
+        self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._handles = [m.register_forward_pre_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)]
+
+    def _hook(self, i: int):
+        def hook(_module, args):
+            self.inputs[i] = args[0]
+
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self.inputs = [None] * len(self.layers)
+        return False
+
+
+@dataclass
+class LayerStats:
+    name: str
+    mean: torch.Tensor  # float64 [D]
+    cov: torch.Tensor  # float64 [D, D]
+    count: int
+
+
+@torch.no_grad()
+def extract_stats(
+    teacher: Teacher,
+    dataset,
+    pooling: str,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+) -> list[LayerStats]:
+    model = teacher.model.eval()
+    normalizer = teacher.normalizer(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    with BNInputRecorder(model, teacher.path) as rec:
+        accs = [MomentAccumulator(m.num_features, device) for _, m in rec.layers]
+        every = log_every(len(loader), 10)
+        for step, (x, _) in enumerate(progress(loader, desc="stats")):
+            model(resize(normalizer.from_uint8(x.to(device)), teacher.image_size))
+            for acc, feats in zip(accs, rec.inputs):
+                acc.update(feature_samples(feats.float(), pooling))
+            if (step + 1) % every == 0:
+                log.info("stats: %d/%d batches", step + 1, len(loader))
+        names = rec.names
+        running = [(m.running_mean, m.running_var) for _, m in rec.layers]
+    out = [LayerStats(n, a.mean.cpu(), a.covariance().cpu(), a.count) for n, a, in zip(names, accs)]
+    for s, (rm, rv) in zip(out, running):
+        if rm is not None and pooling == "positions":
+            # Sanity check against BN's own running buffers (train-mode EMA with augmentation: close, not equal).
+            err = (s.mean - rm.double().cpu()).abs().mean() / rv.double().cpu().sqrt().mean()
+            log.info("layer %-24s D=%-4d samples=%-9d |mean - running_mean| / running_std = %.3f", s.name, len(s.mean), s.count, err)
+    return out
+
+
+def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, workers: int = 0) -> None:
+    data = load_dataset(spec)
+    check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
+    layers = extract_stats(teacher, data.train, pooling, batch_size, device, workers)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        write_provenance(f, "stats", config={"pooling": pooling, "batch_size": batch_size}, seed=None,
+                         classes=teacher.classes, inputs={"teacher": teacher.path, "dataset": spec.to_dict()})
+        f.attrs.update(teacher_sha256=teacher.weights_sha256, teacher_arch=teacher.arch, pooling=pooling,
+                       hook="bn_input", n_images=len(data.train), layer_names=[s.name for s in layers])
+        g = f.create_group("layers")
+        for i, s in enumerate(layers):
+            lg = g.create_group(f"{i:03d}")
+            lg.attrs.update(name=s.name, count=s.count, dim=len(s.mean))
+            lg.create_dataset("mean", data=s.mean.numpy())
+            lg.create_dataset("cov", data=s.cov.numpy())
+
+
+def load_stats(path: str | Path, teacher: Teacher) -> list[LayerStats]:
+    """Read a stats artifact and check it was computed from this teacher."""
+    with open_artifact(path, "stats") as f:
+        if f.attrs["teacher_sha256"] != teacher.weights_sha256:
+            raise D3SError(
+                f"{path}: statistics were computed from teacher weights {str(f.attrs['teacher_sha256'])[:12]}, "
+                f"but {teacher.path} has weights {teacher.weights_sha256[:12]}; recompute the statistics "
+                "or pass the matching teacher"
+            )
+        check_same_classes(teacher.classes, teacher.path, read_classes(f), str(path))
+        layers = []
+        for key in sorted(f["layers"]):
+            g = f["layers"][key]
+            layers.append(LayerStats(str(g.attrs["name"]), torch.from_numpy(np.asarray(g["mean"][()])),
+                                     torch.from_numpy(np.asarray(g["cov"][()])), int(g.attrs["count"])))
+    return layers
+
+
+def stats_pooling(paths: list[str]) -> str:
+    """The pooling the statistics were computed with; all files must agree."""
+    poolings = {}
+    for p in paths:
+        with open_artifact(p, "stats") as f:
+            poolings[p] = str(f.attrs["pooling"])
+    if len(set(poolings.values())) != 1:
+        raise D3SError(f"statistics files use different pooling: {poolings}")
+    return next(iter(poolings.values()))

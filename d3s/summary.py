@@ -1,0 +1,61 @@
+"""Summary: one table of mean +- std over seeds per (dataset, method, IPC, student), plus teachers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .artifacts import atomic_path, open_artifact
+from .errors import D3SError
+
+COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str) -> list[dict]:
+    teacher_acc = []
+    for p in teacher_paths:
+        with open_artifact(p, "teacher") as f:
+            teacher_acc.append(100 * float(f.attrs["test_top1"]))
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for p in result_paths:
+        try:
+            r = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise D3SError(f"{p}: unreadable result file ({e})") from None
+        groups[(r["method"], int(r["ipc"]), r["student"])].append(r)
+    rows = []
+    for (method, ipc, student), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        t1 = _mean_std([100 * r["top1"] for r in rs])
+        t5 = _mean_std([100 * r["top5"] for r in rs])
+        rows.append({
+            "dataset": dataset, "method": method, "ipc": ipc, "student": student,
+            "seeds": ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
+            "top1_mean": round(t1[0], 2), "top1_std": round(t1[1], 2),
+            "top5_mean": round(t5[0], 2), "top5_std": round(t5[1], 2),
+            "teacher_top1": round(statistics.fmean(teacher_acc), 2) if teacher_acc else "",
+        })
+    return rows
+
+
+def write_tables(rows: list[dict], tsv: str, markdown: str, teacher_paths: list[str]) -> None:
+    with atomic_path(tsv) as tmp:
+        lines = ["\t".join(COLUMNS)] + ["\t".join(str(r[c]) for c in COLUMNS) for r in rows]
+        tmp.write_text("\n".join(lines) + "\n")
+    md = ["| dataset | method | IPC | student | seeds | top-1 (%) | top-5 (%) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['student']} | {r['seeds']} | "
+                  f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} |")
+    md += ["", "Teachers (test top-1 on the real test set):", ""]
+    for p in teacher_paths:
+        with open_artifact(p, "teacher") as f:
+            md.append(f"- `{p}`: {f.attrs['arch']}, seed {int(f.attrs['seed'])}, {100 * float(f.attrs['test_top1']):.2f}%")
+    md.append("")
+    md.append("Final-epoch accuracy, mean ± std over seeds; protocols are recorded in each result JSON.")
+    with atomic_path(markdown) as tmp:
+        tmp.write_text("\n".join(md) + "\n")

@@ -1,0 +1,96 @@
+"""Supervised training pieces shared by teachers and students: optimiser, schedule, accuracy."""
+
+from __future__ import annotations
+
+import math
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .hparams import RealTrainingParams
+from .runtime import generator, log, log_every, progress
+from .transforms import Normalizer, apply_views, resize, sample_views
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
+    """Linear warm-up then cosine decay to zero, stepped once per optimiser step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    normalizer: Normalizer,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 512,
+    workers: int = 0,
+) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (fractions) on a uint8 image dataset, eval mode, no augmentation."""
+    model.eval()
+    correct1 = correct5 = n = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers):
+        x = resize(normalizer.from_uint8(x.to(device)), image_size)
+        y = y.to(device)
+        logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(1).sum().item()
+        n += len(y)
+    return correct1 / n, correct5 / n
+
+
+
+
+def train_on_real(
+    model: nn.Module,
+    train: Dataset,
+    normalizer: Normalizer,
+    image_size: int,
+    crop_scale: tuple[float, float],
+    hflip: bool,
+    params: RealTrainingParams,
+    seed: int,
+    device: torch.device,
+    workers: int = 0,
+) -> list[float]:
+    """Hard-label training on real images with random-resized-crop (+ flip); returns per-epoch loss."""
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
+    loader = DataLoader(
+        train, batch_size=params.batch_size, shuffle=True, drop_last=len(train) > params.batch_size,
+        generator=generator(seed, 1), num_workers=workers,
+    )
+    steps = params.epochs * len(loader)
+    schedule = cosine_schedule(optimizer, steps, params.warmup_epochs * len(loader))
+    views_rng = generator(seed, 2)
+    losses = []
+    every = log_every(params.epochs, 10)
+    for epoch in progress(range(params.epochs), desc="teacher"):
+        total, count = 0.0, 0
+        for x, y in loader:
+            x = normalizer.from_uint8(x.to(device))
+            boxes, flips = sample_views(len(x), crop_scale, hflip, views_rng)
+            x = apply_views(x, boxes, flips, image_size)
+            loss = F.cross_entropy(model(x), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        losses.append(total / count)
+        if (epoch + 1) % every == 0 or epoch + 1 == params.epochs:
+            log.info("epoch %d/%d  loss %.4f  lr %.4g", epoch + 1, params.epochs, losses[-1], schedule.get_last_lr()[0])
+    return losses

@@ -1,0 +1,119 @@
+# Config validation, wildcard constraints and every path/argument helper the rules use.
+import hashlib
+import json
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, "../config/schema/config.schema.yaml")
+
+DATASET = config["dataset"]
+if DATASET not in config["datasets"]:
+    raise ValueError(
+        f"config: dataset '{DATASET}' is not defined under 'datasets' "
+        f"(defined: {', '.join(sorted(config['datasets']))})"
+    )
+RESULTS = f"results/{DATASET}"
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    teacher=r"[^/]+-s\d+",
+    arch=r"[^/]+",
+    tseed=r"\d+",
+    method="|".join(config["methods"]),
+    ipc=r"\d+",
+    start=r"\d+",
+    end=r"\d+",
+    student=r"[^/]+",
+    seed=r"\d+",
+
+
+def dataset_spec(wildcards):
+    """The dataset entry as the JSON spec `d3s --data` takes."""
+    return json.dumps({"name": wildcards.dataset, **config["datasets"][wildcards.dataset]}, sort_keys=True)
+
+
+def cli_options(section):
+    """A config section as command-line options: {'batch_size': 8} -> '--batch-size 8'."""
+    args = []
+    for key, value in config.get(section, {}).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, shlex.quote(str(value))]
+    return " ".join(args)
+
+
+def section_digest(section):
+    """Short hash of a config section: a param that changes whenever the section does."""
+    blob = json.dumps(config.get(section, {}), sort_keys=True) + json.dumps(config["seed"])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def teacher_ids():
+    return [f"{a}-s{s}" for a in config["teachers"]["archs"] for s in config["teachers"]["seeds"]]
+
+
+def teacher_files(wildcards):
+    return [f"results/{wildcards.dataset}/teachers/{t}.h5" for t in teacher_ids()]
+
+
+def stats_files(wildcards):
+    return [f"results/{wildcards.dataset}/stats/{t}.h5" for t in teacher_ids()]
+
+
+def repeat_option(flag, paths):
+    """['a', 'b'] -> '--flag a --flag b' (click's multiple options)."""
+    return " ".join(f"{flag} {shlex.quote(str(p))}" for p in paths)
+
+
+def shard_ranges(ipc):
+    step = config["ipc_per_shard"]
+    return [(a, min(a + step, ipc)) for a in range(0, ipc, step)]
+
+
+def shard_files(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{wildcards.method}/ipc{wildcards.ipc}/shards/{a}-{b}.h5"
+        for a, b in shard_ranges(int(wildcards.ipc))
+    ]
+
+
+def eval_files(wildcards):
+    return [
+        f"results/{wildcards.dataset}/{m}/ipc{i}/eval/{s}-s{seed}.json"
+        for m in config["methods"]
+        for i in config["ipcs"]
+        for s in config["students"]
+        for seed in config["eval_seeds"]
+    ]
+
+
+def final_outputs():
+    return [f"{RESULTS}/summary.tsv", f"{RESULTS}/summary.md"]
+
+
+# Portable resources only; partitions, accounts and GPU models belong in profiles/slurm.
+def runtime_minutes(base):
+    """Wall time that grows with the retry attempt (a retry after a time-out gets more)."""
+
+    def runtime(wildcards, attempt):
+        return base * attempt
+
+    return runtime
+
+
+def gpu_count():
+    return 0 if config["device"] == "cpu" else 1
+
+
+def input_option(flag, key=None):
+    """A params function that turns the rule's input files into repeated `flag` options."""
+
+    def option(wildcards, input):
+        return repeat_option(flag, input[key] if key else input)
+
+    return option

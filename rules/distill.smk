@@ -1,0 +1,49 @@
+rule distill_shard:
+    input:
+        teachers=teacher_files,
+        stats=stats_files,
+    output:
+        temp("results/{dataset}/{method}/ipc{ipc}/shards/{start}-{end}.h5"),
+    params:
+        teachers=input_option("--teacher", "teachers"),
+        stats=input_option("--stats", "stats"),
+        opts=cli_options("distill"),
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "logs/distill/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
+    benchmark:
+        "logs/bench/distill/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(480),
+    conda:
+        "../envs/d3s.yaml"
+    shell:
+        "d3s distill {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule merge_shards:
+    input:
+        shard_files,
+    output:
+        "results/{dataset}/{method}/ipc{ipc}/images.h5",
+    params:
+        shards=input_option("--shard"),
+        # Shards are temp(): once merged they are gone, so the distillation settings are a param
+        # here too -- a change to them reruns the merge, which brings the shards back.
+        distill_config=section_digest("distill"),
+    log:
+        "logs/merge_shards/{dataset}/{method}/ipc{ipc}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/d3s.yaml"
+    shell:
+        "d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"

@@ -1,0 +1,53 @@
+rule evaluate_student:
+    input:
+        images="results/{dataset}/{method}/ipc{ipc}/images.h5",
+        labels="results/{dataset}/{method}/ipc{ipc}/labels.h5",
+    output:
+        "results/{dataset}/{method}/ipc{ipc}/eval/{student}-s{seed}.json",
+    params:
+        data=dataset_spec,
+        opts=cli_options("evaluate"),
+        device=config["device"],
+    log:
+        "logs/evaluate/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.log",
+    benchmark:
+        "logs/bench/evaluate/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(480),
+    conda:
+        "../envs/d3s.yaml"
+    shell:
+        "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
+        "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
+        "{params.opts} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule summarize:
+    input:
+        results=eval_files,
+        teachers=teacher_files,
+    output:
+        tsv="results/{dataset}/summary.tsv",
+        md="results/{dataset}/summary.md",
+    params:
+        results=input_option("--result", "results"),
+        teachers=input_option("--teacher", "teachers"),
+    log:
+        "logs/summarize/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/d3s.yaml"
+    shell:
+        "d3s summarize {params.results} {params.teachers} --dataset {wildcards.dataset} "
+        "--tsv {output.tsv} --markdown {output.md} > {log} 2>&1"
+
+
+localrules:
+    merge_shards,
+    summarize,

@@ -1,0 +1,23 @@
+rule extract_stats:
+    input:
+        teacher="results/{dataset}/teachers/{teacher}.h5",
+    output:
+        "results/{dataset}/stats/{teacher}.h5",
+    params:
+        data=dataset_spec,
+        opts=cli_options("stats"),
+        device=config["device"],
+    log:
+        "logs/extract_stats/{dataset}/{teacher}.log",
+    benchmark:
+        "logs/bench/extract_stats/{dataset}/{teacher}.tsv"
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(120),
+    conda:
+        "../envs/d3s.yaml"
+    shell:
+        "d3s extract-stats --teacher {input.teacher} --data {params.data:q} {params.opts} "
+        "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"

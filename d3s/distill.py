@@ -33,7 +33,7 @@ def _check_finite(value: torch.Tensor, what: str, iteration: int, teacher: Teach
     if not torch.isfinite(value):
         raise D3SError(
             f"distill: {what} is {value.item()} at iteration {iteration} (teacher {teacher.path}); "
-            "try a larger 'ridge' or a smaller 'lr'"
+            "check the statistics file, or try a larger 'ridge' or a smaller 'lr'"
         )
 
 
@@ -108,7 +108,7 @@ def distill(
         it, b = divmod(step, len(blocks))
         p, y = pixels[b], labels[blocks[b]].to(device)
         share = len(y) / n
-        active = range(len(teachers)) if params.teacher_mode == "mean" else [it % len(teachers)]
+        active = list(range(len(teachers))) if params.teacher_mode == "mean" else [it % len(teachers)]
         x = render(p)
         loss_kl = torch.zeros((), dtype=torch.float64, device=device)
         loss_ce = torch.zeros((), device=device)
@@ -123,13 +123,13 @@ def distill(
                     kl = gaussian_kl(target, mean, cov) / target.dim
                 except torch.linalg.LinAlgError:
                     kl = torch.tensor(float("nan"), dtype=torch.float64)
-                _check_finite(kl, f"KL of layer '{rec.names[l]}'", it, t)
+                _check_finite(kl, f"KL of layer '{rec.names[l]}'", it + 1, t)
                 loss_kl = loss_kl + weights[l] * kl
                 if share < 1.0:
                     mm.update(mean_b, cov_b)
         loss_kl, loss_ce = loss_kl / len(active), loss_ce / len(active)
         loss = params.kl_weight * loss_kl.float() + params.ce_weight * loss_ce
-        _check_finite(loss, "the loss", it, teachers[active[0]] if isinstance(active, list) else t0)
+        _check_finite(loss, "the loss", it + 1, teachers[active[0]])
         optimisers[b].zero_grad(set_to_none=True)
         loss.backward()
         optimisers[b].step()

@@ -34,7 +34,7 @@ class DistillParams:
     ce_weight: float = hparam(1.0, "weight of the cross-entropy on the assigned labels")
     kl_weight: float = hparam(1.0, "weight of the summed per-layer KL (each normalised by its dimension)")
     first_layer_weight: float = hparam(1.0, "extra weight on the first BatchNorm layer's KL")
-    ridge: float = hparam(1e-3, "ridge added to both covariances, as a fraction of the layer's mean real variance")
+    ridge: float = hparam(1e-2, "ridge added to both covariances, as a fraction of the layer's mean real variance")
     ema_momentum: float = hparam(0.9, "momentum of the whole-set moving statistics (shards larger than one minibatch)")
     crop_scale_min: float = hparam(0.5, "smallest random-resized-crop area fraction per step")
     crop_scale_max: float = hparam(1.0, "largest random-resized-crop area fraction per step")

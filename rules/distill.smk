@@ -11,9 +11,9 @@ rule distill_shard:
         seed=config["seed"],
         device=config["device"],
     log:
-        "logs/distill/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
+        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
     benchmark:
-        "logs/bench/distill/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
+        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
     threads: 2
     resources:
         gpu=gpu_count(),

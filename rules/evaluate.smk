@@ -9,9 +9,9 @@ rule evaluate_student:
         opts=cli_options("evaluate"),
         device=config["device"],
     log:
-        "logs/evaluate/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.log",
+        "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.log",
     benchmark:
-        "logs/bench/evaluate/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.tsv"
+        "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.tsv"
     threads: 1
     resources:
         gpu=gpu_count(),

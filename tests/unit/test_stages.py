@@ -1,0 +1,141 @@
+"""Each `d3s` stage on tiny inputs: what it writes, and that the artifacts describe themselves."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import torch
+
+from d3s.relabel import SoftLabelStore
+from d3s.stats import load_stats
+from d3s.synthetic import load_synthetic
+from d3s.teacher import load_teacher
+from d3s.transforms import apply_views
+
+from ..conftest import DIGITS, run_cli
+
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+
+def test_help_lists_every_stage():
+    out = run_cli("--help").output
+    for stage in ("train-teacher", "extract-stats", "distill", "merge", "relabel", "evaluate", "summarize"):
+        assert stage in out
+    distill_help = run_cli("distill", "--help").output
+    assert "--ridge" in distill_help and "--ipc-end" in distill_help and "[default: 1000]" in distill_help
+
+
+def test_teacher_artifact_is_self_describing(tiny):
+    with h5py.File(tiny["teacher"]) as f:
+        assert f.attrs["d3s_kind"] == "teacher"
+        assert list(f.attrs["classes"]) == DIGIT_CLASSES
+        assert int(f.attrs["seed"]) == 0
+        assert json.loads(f.attrs["config"])["epochs"] == 3
+        assert f.attrs["code_version"].startswith("0.")
+        assert 0.1 < f.attrs["test_top1"] <= 1.0  # 3 epochs on digits is well above chance
+        assert len(f["train_loss"]) == 3
+    t = load_teacher(tiny["teacher"])
+    assert t.arch == "convnet3_w32" and t.channels == 1 and t.image_size == 8
+    assert not any(p.requires_grad for p in t.model.parameters())
+
+
+def test_stats_match_a_direct_computation(tiny):
+    """The streamed statistics equal mean/cov of the hooked BN inputs over the whole training set."""
+    from d3s.data import DatasetSpec, load_dataset
+    from d3s.gaussian import batch_moments, feature_samples
+    from d3s.stats import BNInputRecorder
+
+    teacher = load_teacher(tiny["teacher"])
+    layers = load_stats(tiny["stats"], teacher)
+    data = load_dataset(DatasetSpec.parse(DIGITS))
+    x = teacher.normalizer("cpu").from_uint8(data.train.images)
+    with BNInputRecorder(teacher.model) as rec, torch.no_grad():
+        teacher.model(x)
+        direct = [batch_moments(feature_samples(f.double(), "positions")) for f in rec.inputs]
+        rec_shapes = [f.shape for f in rec.inputs]
+    assert [s.name for s in layers] == rec.names
+    for s, (mean, cov), feats in zip(layers, direct, rec_shapes):
+        assert s.count == feats[0] * feats[2] * feats[3]  # every (image, h, w) position is a sample
+        torch.testing.assert_close(s.mean, mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s.cov, cov, rtol=1e-4, atol=1e-5)
+    with h5py.File(tiny["stats"]) as f:
+        assert f.attrs["teacher_sha256"] == teacher.weights_sha256
+        assert f.attrs["pooling"] == "positions" and f.attrs["hook"] == "bn_input"
+
+
+def test_merged_images_cover_every_class_and_ipc(tiny):
+    s = load_synthetic(tiny["images"])
+    assert s.images.dtype == np.uint8 and s.images.shape == (20, 8, 8, 1)
+    assert s.classes == DIGIT_CLASSES
+    # ordered by (ipc index, class), whatever order the shards were given in
+    assert s.ipc_index.tolist() == [0] * 10 + [1] * 10
+    assert s.labels.tolist() == list(range(10)) * 2
+    assert set(s.loss_curves) == {"ipc0-1", "ipc1-2"}
+    assert all(len(c["total"]) == 15 for c in s.loss_curves.values())
+    with h5py.File(tiny["images"]) as f:
+        assert f.attrs["d3s_kind"] == "images" and f.attrs["ipc"] == 2
+        assert json.loads(f.attrs["config"])["iterations"] == 15
+
+
+def test_distillation_lowers_the_loss(tiny):
+    curves = load_synthetic(tiny["shard0"]).loss_curves["ipc0-1"]
+    assert curves["total"][-3:].mean() < curves["total"][:3].mean()
+
+
+def test_soft_labels_replay_the_stored_views(tiny):
+    """The stored logits are the teacher's output on exactly the stored view of each image."""
+    s = load_synthetic(tiny["images"])
+    teacher = load_teacher(tiny["teacher"])
+    store = SoftLabelStore(tiny["labels"], s, str(tiny["images"]))
+    assert store.epochs == 3
+    x = teacher.normalizer("cpu").from_uint8(torch.from_numpy(s.images).permute(0, 3, 1, 2))
+    for epoch in (0, 2):
+        boxes, flips, logits = store.epoch(epoch)
+        with torch.no_grad():
+            expected = teacher.model(apply_views(x, boxes, flips, 8))
+        torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-2)  # stored as fp16
+    b0, _, _ = store.epoch(0)
+    b1, _, _ = store.epoch(1)
+    assert not torch.equal(b0, b1)  # a fresh view per epoch
+    torch.testing.assert_close(store.epoch(3)[0], b0)  # cycled past the last epoch
+    store.close()
+
+
+def test_result_records_the_protocol(tiny):
+    r = json.loads(tiny["result"].read_text())
+    assert r["method"] == "d3s" and r["ipc"] == 2 and r["student"] == "convnet3_w32"
+    assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
+    assert r["protocol"]["epochs"] == 3 and r["protocol"]["label_mode"] == "soft"
+    assert r["protocol"]["reported"] == "final epoch"
+    assert r["protocol"]["distill"]["iterations"] == 15
+    assert 355 <= r["n_test"] <= 365  # 20% of each digits class
+
+
+def test_summarize_tables(tiny, tmp_path):
+    second = tmp_path / "r1.json"
+    r = json.loads(tiny["result"].read_text())
+    second.write_text(json.dumps({**r, "seed": 1, "top1": r["top1"] + 0.1}))
+    run_cli("summarize", "--result", tiny["result"], "--result", second, "--teacher", tiny["teacher"],
+            "--dataset", "digits", "--tsv", tmp_path / "s.tsv", "--markdown", tmp_path / "s.md")
+    header, row = (tmp_path / "s.tsv").read_text().splitlines()
+    cells = dict(zip(header.split("\t"), row.split("\t")))
+    assert cells["seeds"] == "0,1" and cells["ipc"] == "2"
+    assert abs(float(cells["top1_mean"]) - 100 * (r["top1"] + 0.05)) < 0.01
+    assert abs(float(cells["top1_std"]) - 100 * np.std([r["top1"], r["top1"] + 0.1], ddof=1)) < 0.01
+    assert "± " in (tmp_path / "s.md").read_text()
+
+
+def test_same_seed_same_artifacts(tiny, tmp_path):
+    """On the CPU a stage rerun with the same seed reproduces its artifact's content exactly."""
+    again = tmp_path / "shard0.h5"
+    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", 0, "--ipc-end", 1,
+            "--iterations", "15", "--out", again, "--device", "cpu", "--threads", "2")
+    a, b = load_synthetic(tiny["shard0"]), load_synthetic(again)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.loss_curves["ipc0-1"]["total"], b.loss_curves["ipc0-1"]["total"])
+    teacher2 = tmp_path / "teacher.h5"
+    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
+            "--out", teacher2, "--device", "cpu", "--threads", "2")
+    assert load_teacher(teacher2).weights_sha256 == load_teacher(tiny["teacher"]).weights_sha256

@@ -23,3 +23,7 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+onsuccess:
+    print_summary(final_outputs())

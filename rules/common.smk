@@ -1,10 +1,10 @@
 # Config validation, wildcard constraints and every path/argument helper the rules use.
 import hashlib
 import json
+import os
 import shlex
 
 from snakemake.utils import validate
-
 
 validate(config, "../config/schema/config.schema.yaml")
 
@@ -32,29 +32,36 @@ wildcard_constraints:
 
 def dataset_spec(wildcards):
     """The dataset entry as the JSON spec `d3s --data` takes."""
-    return json.dumps({"name": wildcards.dataset, **config["datasets"][wildcards.dataset]}, sort_keys=True)
+    return json.dumps(
+        {"name": wildcards.dataset, **config["datasets"][wildcards.dataset]},
+        sort_keys=True,
+    )
 
 
 def cli_options(section):
     """A config section as command-line options: {'batch_size': 8} -> '--batch-size 8'."""
     args = []
     for key, value in config.get(section, {}).items():
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
+            args.append(f"--{name}" if value else f"--no-{name}")
         else:
-            args += [flag, shlex.quote(str(value))]
+            args += [f"--{name}", shlex.quote(str(value))]
     return " ".join(args)
 
 
 def section_digest(section):
     """Short hash of a config section: a param that changes whenever the section does."""
-    blob = json.dumps(config.get(section, {}), sort_keys=True) + json.dumps(config["seed"])
+    blob = json.dumps([config.get(section, {}), config["seed"]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def teacher_ids():
-    return [f"{a}-s{s}" for a in config["teachers"]["archs"] for s in config["teachers"]["seeds"]]
+    return [
+        f"{a}-s{s}"
+        for a in config["teachers"]["archs"]
+        for s in config["teachers"]["seeds"]
+    ]
 
 
 def teacher_files(wildcards):
@@ -117,3 +124,11 @@ def input_option(flag, key=None):
         return repeat_option(flag, input[key] if key else input)
 
     return option
+
+
+def print_summary(paths):
+    """Show the results table at the end of a successful run."""
+    for path in paths:
+        if path.endswith(".md") and os.path.exists(path):
+            print(f"\n{path}:\n")
+            print(open(path).read())

@@ -4,23 +4,23 @@ rule distill_shard:
         stats=stats_files,
     output:
         temp("results/{dataset}/{method}/ipc{ipc}/shards/{start}-{end}.h5"),
+    log:
+        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
+    benchmark:
+        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
+    conda:
+        "../envs/d3s.yaml"
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(480),
     params:
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
         opts=cli_options("distill"),
         seed=config["seed"],
         device=config["device"],
-    log:
-        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
-    benchmark:
-        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
-    threads: 2
-    resources:
-        gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(480),
-    conda:
-        "../envs/d3s.yaml"
     shell:
         "d3s distill {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
@@ -32,18 +32,18 @@ rule merge_shards:
         shard_files,
     output:
         "results/{dataset}/{method}/ipc{ipc}/images.h5",
+    log:
+        "logs/merge_shards/{dataset}/{method}/ipc{ipc}.log",
+    conda:
+        "../envs/d3s.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         shards=input_option("--shard"),
         # Shards are temp(): once merged they are gone, so the distillation settings are a param
         # here too -- a change to them reruns the merge, which brings the shards back.
         distill_config=section_digest("distill"),
-    log:
-        "logs/merge_shards/{dataset}/{method}/ipc{ipc}.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/d3s.yaml"
     shell:
         "d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"

@@ -4,21 +4,21 @@ rule evaluate_student:
         labels="results/{dataset}/{method}/ipc{ipc}/labels.h5",
     output:
         "results/{dataset}/{method}/ipc{ipc}/eval/{student}-s{seed}.json",
-    params:
-        data=dataset_spec,
-        opts=cli_options("evaluate"),
-        device=config["device"],
     log:
         "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.log",
     benchmark:
         "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.tsv"
+    conda:
+        "../envs/d3s.yaml"
     threads: 1
     resources:
         gpu=gpu_count(),
         mem_mb=8000,
         runtime=runtime_minutes(480),
-    conda:
-        "../envs/d3s.yaml"
+    params:
+        data=dataset_spec,
+        opts=cli_options("evaluate"),
+        device=config["device"],
     shell:
         "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
@@ -32,17 +32,17 @@ rule summarize:
     output:
         tsv="results/{dataset}/summary.tsv",
         md="results/{dataset}/summary.md",
-    params:
-        results=input_option("--result", "results"),
-        teachers=input_option("--teacher", "teachers"),
     log:
         "logs/summarize/{dataset}.log",
+    conda:
+        "../envs/d3s.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/d3s.yaml"
+    params:
+        results=input_option("--result", "results"),
+        teachers=input_option("--teacher", "teachers"),
     shell:
         "d3s summarize {params.results} {params.teachers} --dataset {wildcards.dataset} "
         "--tsv {output.tsv} --markdown {output.md} > {log} 2>&1"

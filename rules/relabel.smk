@@ -4,22 +4,22 @@ rule relabel:
         teachers=teacher_files,
     output:
         "results/{dataset}/{method}/ipc{ipc}/labels.h5",
-    params:
-        teachers=input_option("--teacher", "teachers"),
-        opts=cli_options("relabel"),
-        seed=config["seed"],
-        device=config["device"],
     log:
         "logs/relabel/{dataset}/{method}/ipc{ipc}.log",
     benchmark:
         "logs/bench/relabel/{dataset}/{method}/ipc{ipc}.tsv"
+    conda:
+        "../envs/d3s.yaml"
     threads: 2
     resources:
         gpu=gpu_count(),
         mem_mb=8000,
         runtime=runtime_minutes(240),
-    conda:
-        "../envs/d3s.yaml"
+    params:
+        teachers=input_option("--teacher", "teachers"),
+        opts=cli_options("relabel"),
+        seed=config["seed"],
+        device=config["device"],
     shell:
         "d3s relabel --images {input.images} {params.teachers} --seed {params.seed} {params.opts} "
         "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"

@@ -3,21 +3,21 @@ rule extract_stats:
         teacher="results/{dataset}/teachers/{teacher}.h5",
     output:
         "results/{dataset}/stats/{teacher}.h5",
-    params:
-        data=dataset_spec,
-        opts=cli_options("stats"),
-        device=config["device"],
     log:
         "logs/extract_stats/{dataset}/{teacher}.log",
     benchmark:
         "logs/bench/extract_stats/{dataset}/{teacher}.tsv"
+    conda:
+        "../envs/d3s.yaml"
     threads: 2
     resources:
         gpu=gpu_count(),
         mem_mb=8000,
         runtime=runtime_minutes(120),
-    conda:
-        "../envs/d3s.yaml"
+    params:
+        data=dataset_spec,
+        opts=cli_options("stats"),
+        device=config["device"],
     shell:
         "d3s extract-stats --teacher {input.teacher} --data {params.data:q} {params.opts} "
         "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"

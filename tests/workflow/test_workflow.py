@@ -131,3 +131,11 @@ def test_default_config_and_slurm_profile_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"))
     out = proc.stdout + proc.stderr
     assert "distill_shard" in out and "This was a dry-run" in out
+
+
+def test_workflow_is_lint_clean_and_formatted():
+    lint = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

@@ -38,6 +38,7 @@ rule merge_shards:
         "../envs/d3s.yaml"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=4000,
         runtime=30,
     params:

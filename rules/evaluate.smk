@@ -38,6 +38,7 @@ rule summarize:
         "../envs/d3s.yaml"
     threads: 1
     resources:
+        gpu=0,
         mem_mb=1000,
         runtime=10,
     params:

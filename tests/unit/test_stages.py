@@ -150,3 +150,33 @@ def test_shard_larger_than_a_minibatch_uses_moving_statistics(tiny, tmp_path):
     assert s.images.shape[0] == 20 and s.labels.tolist() == list(range(10)) * 2
     curve = s.loss_curves["ipc0-2"]["total"]
     assert np.isfinite(curve).all() and curve[-1] < curve[0]
+
+
+def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
+    """K teachers: distillation averages them (or takes turns) and relabel averages their logits."""
+    second_t, second_s = tmp_path / "t1.h5", tmp_path / "s1.h5"
+    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "1", "--epochs", "2",
+            "--out", second_t, "--device", "cpu", "--threads", "2")
+    run_cli("extract-stats", "--teacher", second_t, "--data", DIGITS, "--out", second_s, "--device", "cpu")
+    teachers = ["--teacher", tiny["teacher"], "--teacher", second_t]
+    stats = ["--stats", tiny["stats"], "--stats", second_s]
+    for mode in ("mean", "round_robin"):
+        out = tmp_path / f"{mode}.h5"
+        run_cli("distill", *teachers, *stats, "--ipc-end", "1", "--iterations", "4", "--teacher-mode", mode,
+                "--out", out, "--device", "cpu")
+        s = load_synthetic(out)
+        assert len(s.teachers) == 2 and s.config["teacher_mode"] == mode
+    labels = tmp_path / "labels.h5"
+    run_cli("relabel", "--images", out, *teachers, "--epochs", "1", "--out", labels, "--device", "cpu")
+    t0, t1 = load_teacher(tiny["teacher"]), load_teacher(second_t)
+    s = load_synthetic(out)
+    store = SoftLabelStore(labels, s, str(out))
+    boxes, flips, logits = store.epoch(0)
+    x = apply_views(t0.normalizer("cpu").from_uint8(torch.from_numpy(s.images).permute(0, 3, 1, 2)), boxes, flips, 8)
+    with torch.no_grad():
+        expected = (t0.model(x) + t1.model(x)) / 2
+    torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-2)
+    store.close()
+    mismatched = run_cli("distill", *teachers, "--stats", tiny["stats"], "--ipc-end", "1", "--out", tmp_path / "x.h5",
+                         expect_ok=False)
+    assert mismatched.exit_code != 0 and "2 --teacher but 1 --stats" in mismatched.output

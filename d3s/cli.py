@@ -73,11 +73,6 @@ existing = click.Path(exists=True, dir_okay=False)
 output = click.Path(dir_okay=False, writable=True)
 
 
-def _workers(threads: int) -> int:
-    # In-memory datasets decode nothing, so worker processes would only add start-up time.
-    return 0
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="d3s")
 def main():
@@ -109,7 +104,7 @@ def train_teacher_cmd(data, arch, seed, out, device, threads, **kw):
     from .data import DatasetSpec
     from .teacher import train_teacher
 
-    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, _workers(threads))
+    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads)
 
 
 @main.command("extract-stats")
@@ -126,7 +121,7 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
     from .stats import run_extract_stats
     from .teacher import load_teacher
 
-    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, _workers(threads))
+    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, threads)
 
 
 @main.command("distill")
@@ -208,7 +203,7 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, device,
 
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
-                 _workers(threads), meta={"dataset": dataset_name or spec.name})
+                 threads, meta={"dataset": dataset_name or spec.name})
 
 
 @main.command("summarize")

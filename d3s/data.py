@@ -1,8 +1,17 @@
 """Dataset sources: a dataset spec from config becomes train/test splits of uint8 images.
 
 A spec is a small dict (``source`` plus that source's options); adding a dataset is adding a
-config entry. Every split yields ``(uint8 tensor [C, H, W], int label)`` items; resizing,
-normalisation and augmentation happen later on whole batches (see ``augment``), on the device.
+config entry, never code. Every split yields ``(uint8 tensor [C, S, S], int label)`` items;
+normalisation and augmentation happen later on whole batches (see ``transforms``), on the
+device. Large sources (``hdf5``, ``imagefolder``) are read lazily, so memory does not grow with
+the number of images.
+
+Sources:
+  digits       scikit-learn's bundled 8x8 digits (no download; the embedded default)
+  hdf5         train/images uint8 [N,H,W,C], train/labels, test/..., attribute classes
+  torchvision  CIFAR10, CIFAR100, MNIST, FashionMNIST from their standard folders under `root`
+  imagefolder  `root`/train/<class>/*.jpg and a validation split: class folders, Tiny-ImageNet's
+               val/images + val_annotations.txt, or a flat folder with a label file
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from torch.utils.data import Dataset
 
 from .errors import D3SError
 
-SOURCES = ("digits", "hdf5")
+SOURCES = ("digits", "hdf5", "torchvision", "imagefolder")
+TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPEG")
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,15 @@ class DatasetSpec:
 
     name: str
     source: str
-    path: str | None = None
+    path: str | None = None  # hdf5: the .h5 file
+    root: str | None = None  # torchvision / imagefolder: the dataset folder
+    torchvision_name: str | None = None  # torchvision: CIFAR10, CIFAR100, MNIST, FashionMNIST
+    download: bool = False  # torchvision: fetch into root if missing (needs network)
+    train_dir: str = "train"  # imagefolder
+    val_dir: str = "val"  # imagefolder
+    val_labels: str | None = None  # imagefolder, flat val/: file of "<file name> <class name or index>" lines
+    class_list: str | None = None  # imagefolder: file with one class (folder) name per line, in label order
+    channels: int | None = None  # imagefolder: 1 (grayscale) or 3 (RGB); default 3
     image_size: int | None = None  # resize to this many pixels a side; None keeps the native size
     hflip: bool = True  # horizontal flips are label-preserving (not for digits)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range for real-data training
@@ -35,24 +54,32 @@ class DatasetSpec:
     std: tuple[float, ...] | None = None
     test_fraction: float = 0.2  # digits only: it ships without a test split
     split_seed: int = 0
+    memory_limit_mb: int = 2048  # hdf5: a split up to this size is loaded into memory, a larger one streamed
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "dataset spec") -> "DatasetSpec":
         d = dict(d)
-        if "source" not in d:
+        source = d.get("source")
+        if source is None:
             raise D3SError(f"{where}: missing key 'source' (one of {', '.join(SOURCES)})")
-        if d["source"] not in SOURCES:
-            raise D3SError(f"{where}: source {d['source']!r} is not one of {', '.join(SOURCES)}")
-        if d["source"] == "hdf5" and not d.get("path"):
-            raise D3SError(f"{where}: source 'hdf5' needs a 'path' to the .h5 file")
+        if source not in SOURCES:
+            raise D3SError(f"{where}: source {source!r} is not one of {', '.join(SOURCES)}")
+        needs = {"hdf5": ("path",), "torchvision": ("root", "torchvision_name"), "imagefolder": ("root", "image_size")}
+        for key in needs.get(source, ()):
+            if not d.get(key):
+                raise D3SError(f"{where}: source '{source}' needs the key '{key}'")
+        if source == "torchvision" and d["torchvision_name"] not in TORCHVISION_DATASETS:
+            raise D3SError(f"{where}: torchvision_name {d['torchvision_name']!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
         known = set(cls.__dataclass_fields__) - {"extra"}
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
-        kwargs.setdefault("name", d.pop("name", kwargs.get("source")))
+        kwargs.setdefault("name", kwargs.get("source"))
         for key in ("crop_scale", "mean", "std"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(float(v) for v in kwargs[key])
-        return cls(**kwargs, extra=d)
+        if d:
+            raise D3SError(f"{where}: unknown key(s) {', '.join(sorted(d))} (known: {', '.join(sorted(known))})")
+        return cls(**kwargs)
 
     @classmethod
     def parse(cls, text: str) -> "DatasetSpec":
@@ -71,8 +98,7 @@ class DatasetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
-        d.update(self.extra)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
 
 class ArrayImageDataset(Dataset):
@@ -89,6 +115,68 @@ class ArrayImageDataset(Dataset):
         return self.images[i], self.labels[i]
 
 
+class HDF5ImageDataset(Dataset):
+    """Lazily reads `<split>/images` from an HDF5 file, one image at a time.
+
+    The file is opened per process (DataLoader workers fork) with a chunk cache large enough for
+    a few compressed chunks, so sequential or block-shuffled reads decompress each chunk once.
+    """
+
+    def __init__(self, path: Path, split: str, labels: np.ndarray, chunk_rows: int = 1024, cache_mb: int = 256):
+        self.path, self.split, self.labels = path, split, torch.from_numpy(labels.astype(np.int64))
+        self.chunk_rows, self.cache_bytes = chunk_rows, cache_mb * 2**20
+        self._file = None
+
+    def _images(self):
+        import h5py
+
+        if self._file is None:
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=self.cache_bytes, rdcc_nslots=10007)
+        return self._file[f"{self.split}/images"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(self._images()[int(i)]).permute(2, 0, 1), self.labels[i]
+
+    def __getstate__(self):  # an open h5py handle cannot cross into a worker process
+        return {**self.__dict__, "_file": None}
+
+
+def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """Decode one image file: shorter side resized to `size`, centre crop to size x size, uint8 [C, S, S]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            a = np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise D3SError(f"{path}: unreadable image ({e})") from None
+    return torch.from_numpy(a.reshape(size, size, channels).copy()).permute(2, 0, 1)
+
+
+class ImageFileDataset(Dataset):
+    """A list of (image file, label), decoded and resized on access."""
+
+    def __init__(self, files: list[Path], labels: list[int], size: int, channels: int):
+        self.files, self.labels = files, torch.tensor(labels, dtype=torch.long)
+        self.size, self.channels = size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return _load_image(self.files[i], self.size, self.channels), self.labels[i]
+
+
 @dataclass
 class LoadedDataset:
     spec: DatasetSpec
@@ -97,6 +185,11 @@ class LoadedDataset:
     classes: list[str]
     channels: int
     native_size: int
+    streamed: bool = False  # images are read (and decoded) on access rather than held in memory
+
+    def loader_workers(self, threads: int) -> int:
+        """DataLoader worker processes: only worth their start-up cost when items are read from disk."""
+        return max(0, threads - 1) if self.streamed else 0
 
     @property
     def image_size(self) -> int:
@@ -108,25 +201,26 @@ class LoadedDataset:
 
 
 def load_dataset(spec: DatasetSpec) -> LoadedDataset:
-    loader = {"digits": _load_digits, "hdf5": _load_hdf5}[spec.source]
-    train_x, train_y, test_x, test_y, classes = loader(spec)
+    loader = {"digits": _digits, "hdf5": _hdf5, "torchvision": _torchvision, "imagefolder": _imagefolder}[spec.source]
+    return loader(spec)
+
+
+def _check_labels(where: str, split: str, labels: np.ndarray, num_classes: int) -> None:
+    if len(labels) == 0:
+        raise D3SError(f"{where}: the {split} split is empty")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise D3SError(f"{where}: {split} label {int(bad[0])} is outside the class range 0..{num_classes - 1}")
+
+
+def _from_arrays(spec, train_x, train_y, test_x, test_y, classes, where) -> LoadedDataset:
     for split, y in (("train", train_y), ("test", test_y)):
-        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise D3SError(
-                f"{spec.path or spec.source}: {split} label {int(y.max() if y.max() >= len(classes) else y.min())} "
-                f"is outside the class range 0..{len(classes) - 1}"
-            )
-    return LoadedDataset(
-        spec=spec,
-        train=ArrayImageDataset(train_x, train_y),
-        test=ArrayImageDataset(test_x, test_y),
-        classes=classes,
-        channels=train_x.shape[3],
-        native_size=train_x.shape[1],
-    )
+        _check_labels(where, split, np.asarray(y), len(classes))
+    return LoadedDataset(spec, ArrayImageDataset(train_x, train_y), ArrayImageDataset(test_x, test_y),
+                         list(classes), channels=train_x.shape[3], native_size=train_x.shape[1])
 
 
-def _load_digits(spec: DatasetSpec):
+def _digits(spec: DatasetSpec) -> LoadedDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), split per class with a seed."""
     from sklearn.datasets import load_digits
 
@@ -141,11 +235,11 @@ def _load_digits(spec: DatasetSpec):
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[np.asarray(test_idx, dtype=np.int64)] = True
     classes = [str(int(c)) for c in bunch.target_names]
-    return images[~is_test], labels[~is_test], images[is_test], labels[is_test], classes
+    return _from_arrays(spec, images[~is_test], labels[~is_test], images[is_test], labels[is_test], classes, "digits")
 
 
-def _load_hdf5(spec: DatasetSpec):
-    """The layout of ../shared/datasets/*.h5: train/images uint8 [N,H,W,C], train/labels, test/..., attr classes."""
+def _hdf5(spec: DatasetSpec) -> LoadedDataset:
+    """The layout of ../shared/datasets/*.h5, read lazily (labels and shapes only at load time)."""
     import h5py
 
     path = Path(spec.path)
@@ -162,16 +256,150 @@ def _load_hdf5(spec: DatasetSpec):
         if "classes" not in f.attrs:
             raise D3SError(f"{path}: missing attribute 'classes' (class names in label order)")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs["classes"]]
-        arrays = [f[k][()] for k in ("train/images", "train/labels", "test/images", "test/labels")]
-    for key, a in zip(("train/images", "test/images"), (arrays[0], arrays[2])):
-        if a.dtype != np.uint8 or a.ndim != 4:
-            raise D3SError(f"{path}: '{key}' must be uint8 [N, H, W, C], got {a.dtype} {list(a.shape)}")
-    return arrays[0], arrays[1].astype(np.int64), arrays[2], arrays[3].astype(np.int64), classes
+        splits, streamed = {}, False
+        for split in ("train", "test"):
+            images, labels = f[f"{split}/images"], f[f"{split}/labels"][()]
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
+                raise D3SError(f"{path}: '{split}/images' must be uint8 [N, S, S, C], got {images.dtype} {list(images.shape)}")
+            if len(labels) != images.shape[0]:
+                raise D3SError(f"{path}: {images.shape[0]} {split} images but {len(labels)} labels")
+            _check_labels(str(path), split, labels, len(classes))
+            if images.size <= spec.memory_limit_mb * 2**20:
+                splits[split] = ArrayImageDataset(images[()], labels)
+            else:
+                splits[split] = HDF5ImageDataset(path, split, labels, chunk_rows=(images.chunks or (1024,))[0])
+                streamed = True
+            shape = images.shape
+    return LoadedDataset(spec, splits["train"], splits["test"], classes, channels=shape[3], native_size=shape[1],
+                         streamed=streamed)
 
 
-def channel_moments(dataset: Dataset, batch_size: int = 1024) -> tuple[list[float], list[float]]:
+def _torchvision(spec: DatasetSpec) -> LoadedDataset:
+    """CIFAR-10/100, MNIST, Fashion-MNIST in torchvision's on-disk format under `root`."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, spec.torchvision_name)
+    splits = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = cls(root=spec.root, train=train, download=spec.download)
+        except RuntimeError as e:  # "Dataset not found or corrupted. You can use download=True ..."
+            raise D3SError(f"{spec.root}: {spec.torchvision_name} {split} split not found there ({e}); "
+                           "point 'root' at the folder torchvision downloaded into, or set download: true "
+                           "where this machine has network") from None
+        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        if data.ndim == 3:  # MNIST-style [N, H, W] grayscale
+            data = data[..., None]
+        splits[split] = (data.astype(np.uint8), np.asarray(ds.targets, dtype=np.int64), list(ds.classes))
+    (trx, try_, classes), (tex, tey, _) = splits["train"], splits["test"]
+    return _from_arrays(spec, trx, try_, tex, tey, classes, f"{spec.root} ({spec.torchvision_name})")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES)
+
+
+def _imagefolder(spec: DatasetSpec) -> LoadedDataset:
+    root = Path(spec.root)
+    train_root = root / spec.train_dir
+    if not train_root.is_dir():
+        raise D3SError(f"{train_root}: training folder not found (dataset '{spec.name}', keys 'root'/'train_dir')")
+    if spec.class_list:
+        lines = Path(spec.class_list).read_text().split()
+        classes = [c for c in lines if c]
+        missing = [c for c in classes if not (train_root / c).is_dir()]
+        if missing:
+            raise D3SError(f"{spec.class_list}: classes without a folder in {train_root}: {missing[:5]}")
+    else:
+        classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if not classes:
+        raise D3SError(f"{train_root}: no class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    channels = spec.channels or 3
+    files, labels = [], []
+    for c in classes:
+        found = _image_files(train_root / c)
+        if not found:
+            raise D3SError(f"{train_root / c}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...)")
+        files += found
+        labels += [index[c]] * len(found)
+    train = ImageFileDataset(files, labels, spec.image_size, channels)
+    test = ImageFileDataset(*_validation_files(spec, root / spec.val_dir, index), spec.image_size, channels)
+    return LoadedDataset(spec, train, test, classes, channels=channels, native_size=spec.image_size, streamed=True)
+
+
+def _validation_files(spec: DatasetSpec, val: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """Class folders; Tiny-ImageNet's images/ + val_annotations.txt; or a flat folder + label file."""
+    if not val.is_dir():
+        raise D3SError(f"{val}: validation folder not found (dataset '{spec.name}', keys 'root'/'val_dir')")
+
+    def label_of(name: str, where: str) -> int:
+        if name in index:
+            return index[name]
+        if name.isdigit() and int(name) < len(index):
+            return int(name)
+        raise D3SError(f"{where}: label {name!r} is not a class of the training folder (nor an index below {len(index)})")
+
+    pairs: list[tuple[Path, int]] = []
+    if spec.val_labels or (val / "val_annotations.txt").is_file():
+        label_file = Path(spec.val_labels) if spec.val_labels else val / "val_annotations.txt"
+        image_dir = val / "images" if (val / "images").is_dir() and not spec.val_labels else val
+        if not label_file.is_file():
+            raise D3SError(f"{label_file}: validation label file not found (key 'val_labels')")
+        for n, line in enumerate(label_file.read_text().splitlines(), 1):
+            parts = line.replace(",", " ").split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise D3SError(f"{label_file}:{n}: expected '<file name> <class>', got {line!r}")
+            path = image_dir / parts[0]
+            if not path.is_file():
+                raise D3SError(f"{label_file}:{n}: image {path} not found")
+            pairs.append((path, label_of(parts[1], f"{label_file}:{n}")))
+    else:
+        dirs = [p for p in val.iterdir() if p.is_dir()]
+        if not dirs:
+            raise D3SError(f"{val}: no class folders, no val_annotations.txt and no 'val_labels' file given")
+        for d in sorted(dirs):
+            if d.name not in index:
+                raise D3SError(f"{d}: validation class {d.name!r} has no training folder")
+            pairs += [(p, index[d.name]) for p in _image_files(d)]
+    if not pairs:
+        raise D3SError(f"{val}: no validation images")
+    return [p for p, _ in pairs], [y for _, y in pairs]
+
+
+class BlockShuffleSampler(torch.utils.data.Sampler):
+    """Shuffles blocks of consecutive items, then items within a window of blocks.
+
+    For streamed HDF5 splits: each compressed chunk is decompressed about once per epoch while the
+    order stays random at batch scale. Store streamed datasets shuffled (not sorted by class):
+    a window only mixes the classes its blocks contain.
+    """
+
+    def __init__(self, n: int, block: int, window_blocks: int, generator: torch.Generator):
+        self.n, self.block, self.window, self.generator = n, block, window_blocks, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        starts = torch.arange(0, self.n, self.block)[torch.randperm(-(-self.n // self.block), generator=self.generator)]
+        for w in range(0, len(starts), self.window):
+            idx = torch.cat([torch.arange(s, min(s + self.block, self.n)) for s in starts[w:w + self.window].tolist()])
+            yield from idx[torch.randperm(len(idx), generator=self.generator)].tolist()
+
+
+def training_sampler(dataset: Dataset, generator: torch.Generator) -> torch.utils.data.Sampler:
+    """Random order for in-memory data; block-shuffled order for chunked HDF5 streams."""
+    if isinstance(dataset, HDF5ImageDataset):
+        return BlockShuffleSampler(len(dataset), dataset.chunk_rows, 16, generator)
+    return torch.utils.data.RandomSampler(dataset, generator=generator)
+
+
+def channel_moments(dataset: Dataset, batch_size: int = 512, workers: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a uint8 image dataset in [0, 1] units, streamed in batches."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     n, s, ss = 0, None, None
     for x, _ in loader:
         x = x.double().div_(255.0)

@@ -93,10 +93,11 @@ def run_evaluate(
     seed: int,
     out: str,
     device: torch.device,
-    workers: int = 0,
+    threads: int = 0,
     meta: dict | None = None,
 ) -> dict:
     data = load_dataset(spec)
+    workers = data.loader_workers(threads)
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
     store = None
     if params.label_mode == "soft":

@@ -90,8 +90,9 @@ def extract_stats(
     return out
 
 
-def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, workers: int = 0) -> None:
+def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0) -> None:
     data = load_dataset(spec)
+    workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
     layers = extract_stats(teacher, data.train, pooling, batch_size, device, workers)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:

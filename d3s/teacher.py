@@ -61,13 +61,14 @@ def train_teacher(
     seed: int,
     out: str,
     device: torch.device,
-    workers: int = 0,
+    threads: int = 0,
 ) -> dict:
     data = load_dataset(spec)
+    workers = data.loader_workers(threads)
     if spec.mean is not None and spec.std is not None:
         mean, std = list(spec.mean), list(spec.std)
     else:
-        mean, std = channel_moments(data.train)
+        mean, std = channel_moments(data.train, workers=workers)
         log.info("normalisation computed from %d training images: mean %s std %s", len(data.train),
                  np.round(mean, 4).tolist(), np.round(std, 4).tolist())
     if len(mean) != data.channels or len(std) != data.channels:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .data import training_sampler
 from .hparams import RealTrainingParams
 from .runtime import generator, log, log_every, progress
 from .transforms import Normalizer, apply_views, resize, sample_views
@@ -69,8 +70,8 @@ def train_on_real(
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
     loader = DataLoader(
-        train, batch_size=params.batch_size, shuffle=True, drop_last=len(train) > params.batch_size,
-        generator=generator(seed, 1), num_workers=workers,
+        train, batch_size=params.batch_size, sampler=training_sampler(train, generator(seed, 1)),
+        drop_last=len(train) > params.batch_size, num_workers=workers, persistent_workers=workers > 0,
     )
     steps = params.epochs * len(loader)
     schedule = cosine_schedule(optimizer, steps, params.warmup_epochs * len(loader))

@@ -47,8 +47,10 @@ def test_bad_dataset_spec_names_the_key(tmp_path):
         DatasetSpec.parse("{source: imagenet}")
     with pytest.raises(D3SError, match="missing key 'source'"):
         DatasetSpec.parse("{path: x.h5}")
-    with pytest.raises(D3SError, match="needs a 'path'"):
+    with pytest.raises(D3SError, match="source .hdf5. needs the key .path."):
         DatasetSpec.parse("{source: hdf5}")
+    with pytest.raises(D3SError, match="unknown key.*pathh"):
+        DatasetSpec.parse("{source: hdf5, path: x.h5, pathh: x.h5}")
 
 
 def _write_h5_dataset(path, classes, labels_max=None, drop=None):

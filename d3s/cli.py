@@ -79,8 +79,9 @@ def main():
     """D3S dataset distillation, one command per stage.
 
     \b
-    train-teacher -> extract-stats -> distill (per IPC shard) -> merge
-                  -> relabel -> evaluate (per student and seed) -> summarize
+    dataset-info -> train-teacher (or import-teacher) -> extract-stats
+      -> distill (per IPC shard) -> merge -> relabel
+      -> evaluate (per student and seed) -> summarize
 
     Every artifact is an HDF5 file that records its class order, seed, config and code
     version. The Snakemake workflow in this repository chains these commands; run them by
@@ -88,14 +89,30 @@ def main():
     """
 
 
+@main.command("dataset-info")
+@_data_option
+@click.option("--out", required=True, type=output, help="dataset description to write (.json)")
+@_runtime_options
+def dataset_info_cmd(data, out, device, threads):
+    """Class order, split sizes, image format and normalisation of a dataset (computed once).
+
+    Mean/std come from the spec when it gives them, else one streamed pass over the training split.
+    """
+    from .data import DatasetSpec
+    from .dataset_info import write_dataset_info
+
+    write_dataset_info(DatasetSpec.parse(data), out, threads)
+
+
 @main.command("train-teacher")
 @_data_option
-@click.option("--arch", required=True, help="architecture name: a built-in (convnet3, ...) or any timm model")
+@click.option("--info", type=existing, default=None, help="dataset-info JSON to take the normalisation from (default: compute it)")
+@click.option("--arch", required=True, help="architecture name: a built-in (convnet3, resnet18_cifar, ...) or any timm model")
 @click.option("--seed", type=int, default=0, help="seed for initialisation, batch order and augmentation")
 @click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
 @_hparam_options(RealTrainingParams)
 @_runtime_options
-def train_teacher_cmd(data, arch, seed, out, device, threads, **kw):
+def train_teacher_cmd(data, info, arch, seed, out, device, threads, **kw):
     """Train a teacher on the real training set; record its test accuracy.
 
     Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
@@ -104,7 +121,29 @@ def train_teacher_cmd(data, arch, seed, out, device, threads, **kw):
     from .data import DatasetSpec
     from .teacher import train_teacher
 
-    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads)
+    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info)
+
+
+@main.command("import-teacher")
+@_data_option
+@click.option("--info", type=existing, default=None, help="dataset-info JSON to take the normalisation from")
+@click.option("--arch", required=True, help="architecture the checkpoint belongs to (built-in or timm name)")
+@click.option("--checkpoint", required=True, type=existing,
+              help="pretrained weights: .safetensors or a weights-only torch file (a state dict)")
+@click.option("--class-list", type=existing, default=None,
+              help="the checkpoint's class order, one name per line; checked against the dataset's")
+@click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
+@_runtime_options
+def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, threads):
+    """Use pretrained weights as a teacher instead of training one.
+
+    Checks class count and order against the dataset, records the checkpoint's accuracy on the
+    dataset's test split, and writes the same teacher artifact as train-teacher.
+    """
+    from .data import DatasetSpec
+    from .teacher import import_teacher
+
+    import_teacher(DatasetSpec.parse(data), arch, checkpoint, out, device, threads, info, class_list)
 
 
 @main.command("extract-stats")

@@ -1,7 +1,12 @@
 """One registry turns an architecture name into a model (timm-style).
 
-Built-in names are the small-image networks of the distillation literature; any other name is
-handed to `timm.create_model` (random init: weights are never downloaded at run time).
+Names:
+  convnet3, convnet4 (+ _w64, _w32)  the small ConvNets of the distillation literature, with BatchNorm
+  <timm resnet name>_cifar           a timm ResNet with the CIFAR stem: 3x3 conv, stride 1, no max-pool
+                                     (for 32-64 px inputs), e.g. resnet18_cifar
+  any other name                     `timm.create_model(name)`, randomly initialised (nothing is
+                                     downloaded at run time; pretrained teachers are imported from
+                                     a local checkpoint, see teacher.import_teacher)
 """
 
 from __future__ import annotations
@@ -66,18 +71,33 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-    """A randomly initialised model for `num_classes` classes and `in_chans`-channel inputs."""
-    if name in _REGISTRY:
-        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size)
-    if re.fullmatch(r"convnet\d+.*", name):
-        raise D3SError(f"unknown architecture {name!r}; built-in: {', '.join(list_models())}")
+def _timm_model(name: str, num_classes: int, in_chans: int) -> nn.Module:
     import timm
 
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except RuntimeError as e:  # timm: "Unknown model (...)"
         raise D3SError(f"unknown architecture {name!r}: not built in ({', '.join(list_models())}) and {e}") from None
+
+
+def cifar_stem(model: nn.Module, in_chans: int, name: str) -> nn.Module:
+    """Replace a timm ResNet's 7x7/stride-2 stem and max-pool by a 3x3/stride-1 conv (small images)."""
+    if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
+        raise D3SError(f"architecture {name!r}: the _cifar stem applies to timm ResNet-family models only")
+    model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(name: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    """A randomly initialised model for `num_classes` classes and `in_chans`-channel inputs."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+    if re.fullmatch(r"convnet\d+.*", name):
+        raise D3SError(f"unknown architecture {name!r}; built-in: {', '.join(list_models())}")
+    if name.endswith("_cifar"):
+        return cifar_stem(_timm_model(name.removesuffix("_cifar"), num_classes, in_chans), in_chans, name)
+    return _timm_model(name, num_classes, in_chans)
 
 
 def bn_layers(model: nn.Module, where: str = "model") -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:

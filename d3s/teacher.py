@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import atomic_path, open_artifact, read_classes, read_json_attr, write_provenance
-from .data import DatasetSpec, channel_moments, load_dataset
+from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
+from .data import DatasetSpec, LoadedDataset, channel_moments, load_dataset
+from .dataset_info import read_dataset_info
 from .errors import D3SError
 from .models import bn_layers, build_model
+from .hparams import RealTrainingParams
 from .runtime import log
-from .training import RealTrainingParams, accuracy, train_on_real
+from .training import accuracy, train_on_real
 from .transforms import Normalizer
 
 
@@ -54,39 +56,36 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def train_teacher(
-    spec: DatasetSpec,
-    arch: str,
-    params: RealTrainingParams,
-    seed: int,
-    out: str,
-    device: torch.device,
-    threads: int = 0,
-) -> dict:
-    data = load_dataset(spec)
-    workers = data.loader_workers(threads)
-    if spec.mean is not None and spec.std is not None:
-        mean, std = list(spec.mean), list(spec.std)
+def normalisation(data: LoadedDataset, info: str | None, threads: int) -> tuple[list[float], list[float], str]:
+    """Mean/std from the dataset-info file (computed once per dataset by its rule), the spec, or the data."""
+    spec = data.spec
+    if info:
+        d = read_dataset_info(info)
+        check_same_classes(d["classes"], info, data.classes, f"dataset '{spec.name}'")
+        mean, std, source = d["mean"], d["std"], info
+    elif spec.mean is not None and spec.std is not None:
+        mean, std, source = list(spec.mean), list(spec.std), "config"
     else:
-        mean, std = channel_moments(data.train, workers=workers)
-        log.info("normalisation computed from %d training images: mean %s std %s", len(data.train),
-                 np.round(mean, 4).tolist(), np.round(std, 4).tolist())
+        mean, std = channel_moments(data.train, workers=data.loader_workers(threads))
+        source = f"computed from {len(data.train)} training images"
     if len(mean) != data.channels or len(std) != data.channels:
         raise D3SError(f"dataset '{spec.name}': mean/std have {len(mean)}/{len(std)} values, images have {data.channels} channels")
+    log.info("normalisation (%s): mean %s std %s", source, np.round(mean, 4).tolist(), np.round(std, 4).tolist())
+    return mean, std, source
+
+
+def _write_teacher(out, model, arch, data: LoadedDataset, mean, std, config: dict, seed: int | None, inputs: dict,
+                   device, threads: int, losses=()) -> dict:
+    """Test the model on the dataset's test split and store it as a teacher artifact."""
     normalizer = Normalizer(mean, std, device)
-    torch.manual_seed(seed)
-    model = build_model(arch, data.num_classes, data.channels, data.image_size)
-    bn_layers(model, f"architecture '{arch}'")
-    log.info("training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
-             arch, sum(p.numel() for p in model.parameters()), len(data.train), spec.name, data.num_classes, data.image_size)
-    losses = train_on_real(model, data.train, normalizer, data.image_size, spec.crop_scale, spec.hflip, params, seed, device, workers)
-    top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=workers)
-    log.info("teacher %s seed %d: test top-1 %.2f%%, top-5 %.2f%%", arch, seed, 100 * top1, 100 * top5)
+    top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=data.loader_workers(threads))
+    log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% on %d images", arch, 100 * top1, 100 * top5, len(data.test))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = weights_digest(state)
+    spec = data.spec
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, "teacher", config={"arch": arch, **asdict(params)}, seed=seed,
-                         classes=data.classes, inputs={"dataset": spec.to_dict()})
+        write_provenance(f, "teacher", config=config, seed=seed, classes=data.classes,
+                         inputs={"dataset": spec.to_dict(), **inputs})
         f.attrs.update(
             arch=arch, num_classes=data.num_classes, channels=data.channels, image_size=data.image_size,
             norm_mean=mean, norm_std=std, hflip=spec.hflip, dataset=json.dumps(spec.to_dict(), sort_keys=True),
@@ -97,6 +96,84 @@ def train_teacher(
         for name, tensor in state.items():
             g.create_dataset(name, data=tensor.numpy())
     return {"test_top1": top1, "test_top5": top5, "weights_sha256": digest}
+
+
+def train_teacher(
+    spec: DatasetSpec,
+    arch: str,
+    params: RealTrainingParams,
+    seed: int,
+    out: str,
+    device: torch.device,
+    threads: int = 0,
+    info: str | None = None,
+) -> dict:
+    data = load_dataset(spec)
+    mean, std, norm_source = normalisation(data, info, threads)
+    torch.manual_seed(seed)
+    model = build_model(arch, data.num_classes, data.channels, data.image_size)
+    bn_layers(model, f"architecture '{arch}'")
+    log.info("training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
+             arch, sum(p.numel() for p in model.parameters()), len(data.train), spec.name, data.num_classes, data.image_size)
+    losses = train_on_real(model, data.train, Normalizer(mean, std, device), data.image_size, spec.crop_scale, spec.hflip,
+                           params, seed, device, data.loader_workers(threads))
+    return _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "normalisation": norm_source, **asdict(params)},
+                          seed, {}, device, threads, losses)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a weights-only torch file (no pickled code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise D3SError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
+        raise D3SError(f"{path}: not a readable safetensors or weights-only torch checkpoint ({e})") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise D3SError(f"{path}: expected a mapping of parameter names to tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def import_teacher(
+    spec: DatasetSpec,
+    arch: str,
+    checkpoint: str,
+    out: str,
+    device: torch.device,
+    threads: int = 0,
+    info: str | None = None,
+    class_list: str | None = None,
+) -> dict:
+    """Use pretrained weights instead of training: check them against the dataset, record their accuracy."""
+    data = load_dataset(spec)
+    if class_list:
+        names = [c for c in Path(class_list).read_text().split() if c]
+        check_same_classes(data.classes, f"dataset '{spec.name}'", names, class_list)
+    mean, std, norm_source = normalisation(data, info, threads)
+    model = build_model(arch, data.num_classes, data.channels, data.image_size)
+    bn_layers(model, f"architecture '{arch}'")
+    try:
+        model.load_state_dict(read_checkpoint(checkpoint))
+    except RuntimeError as e:
+        raise D3SError(f"{checkpoint}: weights do not fit '{arch}' with {data.num_classes} classes and "
+                       f"{data.channels} input channels ({str(e).splitlines()[0]} ...): {_first_mismatch(e)}") from None
+    model.to(device).eval()
+    return _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "pretrained": str(checkpoint),
+                          "normalisation": norm_source}, None, {"checkpoint": str(checkpoint)}, device, threads)
+
+
+def _first_mismatch(e: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln]
+    return lines[0] if lines else str(e)
 
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teacher:
@@ -124,8 +201,6 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teache
 
 def load_teachers(paths: list[str], device) -> list[Teacher]:
     """Load several teachers and check they share class order, input format and normalisation."""
-    from .artifacts import check_same_classes
-
     teachers = [load_teacher(p, device) for p in paths]
     first = teachers[0]
     for t in teachers[1:]:

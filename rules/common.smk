@@ -19,7 +19,8 @@ RESULTS = f"results/{DATASET}"
 
 wildcard_constraints:
     dataset=r"[^/]+",
-    teacher=r"[^/]+-s\d+",
+    teacher=r"(pretrained/)?[^/]+",
+    name=r"[^/]+",
     arch=r"[^/]+",
     tseed=r"\d+",
     method="|".join(config["methods"]),
@@ -57,11 +58,29 @@ def section_digest(section):
 
 
 def teacher_ids():
-    return [
-        f"{a}-s{s}"
-        for a in config["teachers"]["archs"]
-        for s in config["teachers"]["seeds"]
-    ]
+    """Trained teachers are '{arch}-s{seed}'; imported pretrained ones 'pretrained/{name}'."""
+    t = config["teachers"]
+    trained = [f"{a}-s{s}" for a in t["archs"] for s in t["seeds"]]
+    return trained + [f"pretrained/{p['name']}" for p in t["pretrained"]]
+
+
+def pretrained_entry(wildcards):
+    for p in config["teachers"]["pretrained"]:
+        if p["name"] == wildcards.name:
+            return p
+    raise ValueError(f"config: no teachers.pretrained entry named '{wildcards.name}'")
+
+
+def pretrained_checkpoint(wildcards):
+    return pretrained_entry(wildcards)["checkpoint"]
+
+
+def pretrained_options(wildcards):
+    p = pretrained_entry(wildcards)
+    opts = f"--arch {shlex.quote(p['arch'])}"
+    if p.get("class_list"):
+        opts += f" --class-list {shlex.quote(p['class_list'])}"
+    return opts
 
 
 def teacher_files(wildcards):

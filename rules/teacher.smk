@@ -1,4 +1,24 @@
+rule dataset_info:
+    output:
+        "results/{dataset}/dataset.json",
+    log:
+        "logs/dataset_info/{dataset}.log",
+    conda:
+        "../envs/d3s.yaml"
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=runtime_minutes(60),
+    params:
+        data=dataset_spec,
+    shell:
+        "d3s dataset-info --data {params.data:q} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule train_teacher:
+    input:
+        info="results/{dataset}/dataset.json",
     output:
         "results/{dataset}/teachers/{arch}-s{tseed}.h5",
     log:
@@ -17,5 +37,30 @@ rule train_teacher:
         opts=cli_options("teacher"),
         device=config["device"],
     shell:
-        "d3s train-teacher --data {params.data:q} --arch {wildcards.arch} --seed {wildcards.tseed} "
+        "d3s train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
+        "--seed {wildcards.tseed} {params.opts} --device {params.device} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule import_teacher:
+    input:
+        info="results/{dataset}/dataset.json",
+        checkpoint=pretrained_checkpoint,
+    output:
+        "results/{dataset}/teachers/pretrained/{name}.h5",
+    log:
+        "logs/import_teacher/{dataset}/{name}.log",
+    conda:
+        "../envs/d3s.yaml"
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(60),
+    params:
+        data=dataset_spec,
+        opts=pretrained_options,
+        device=config["device"],
+    shell:
+        "d3s import-teacher --data {params.data:q} --info {input.info} --checkpoint {input.checkpoint} "
         "{params.opts} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"

@@ -21,7 +21,8 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 
 def test_help_lists_every_stage():
     out = run_cli("--help").output
-    for stage in ("train-teacher", "extract-stats", "distill", "merge", "relabel", "evaluate", "summarize"):
+    for stage in ("dataset-info", "train-teacher", "import-teacher", "extract-stats", "distill", "merge", "relabel",
+                  "evaluate", "summarize"):
         assert stage in out
     distill_help = run_cli("distill", "--help").output
     assert "--ridge" in distill_help and "--ipc-end" in distill_help and "[default: 1000]" in distill_help

@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "workflow" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-STAGES = ["train_teacher", "extract_stats", "distill_shard", "merge_shards", "relabel", "evaluate_student", "summarize"]
+STAGES = ["dataset_info", "train_teacher", "extract_stats", "distill_shard", "merge_shards", "relabel", "evaluate_student", "summarize"]
 
 pytestmark = pytest.mark.workflow
 

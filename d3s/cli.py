@@ -168,12 +168,14 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
 @click.option("--stats", "stats", required=True, multiple=True, type=existing, help="statistics artifact of each --teacher, same order")
 @click.option("--ipc-start", type=int, default=0, help="first IPC index of this shard")
 @click.option("--ipc-end", type=int, required=True, help="one past the last IPC index of this shard")
+@click.option("--class-start", type=int, default=0, help="first class (label index) of this shard")
+@click.option("--class-end", type=int, default=None, help="one past the last class of this shard (default: all)")
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
 @_runtime_options
-def distill_cmd(teachers, stats, ipc_start, ipc_end, seed, out, device, threads, **kw):
-    """Synthesise images IPC_START..IPC_END-1 of every class with the D3S objective.
+def distill_cmd(teachers, stats, ipc_start, ipc_end, class_start, class_end, seed, out, device, threads, **kw):
+    """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
     plus cross-entropy; writes uint8 images, labels and the loss curve.
@@ -188,7 +190,8 @@ def distill_cmd(teachers, stats, ipc_start, ipc_end, seed, out, device, threads,
     loaded = load_teachers(list(teachers), device)
     layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)]
     pooling = stats_pooling(list(stats))
-    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, _take(DistillParams, kw), seed, device)
+    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, _take(DistillParams, kw), seed, device,
+                     class_start, class_end)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
 
@@ -198,7 +201,7 @@ def distill_cmd(teachers, stats, ipc_start, ipc_end, seed, out, device, threads,
 @click.option("--ipc", type=int, default=None, help="expected images per class (checks the shards cover 0..IPC-1)")
 @click.option("--out", required=True, type=output, help="merged images artifact to write (.h5)")
 def merge_cmd(shards, ipc, out):
-    """Join distillation shards (disjoint IPC ranges of one run) into one images artifact."""
+    """Join distillation shards (disjoint blocks of IPC indices x classes of one run) into one images artifact."""
     from .synthetic import merge_synthetic, save_synthetic
 
     try:

@@ -54,6 +54,7 @@ class DatasetSpec:
     std: tuple[float, ...] | None = None
     test_fraction: float = 0.2  # digits only: it ships without a test split
     split_seed: int = 0
+    num_classes: int | None = None  # optional; lets the workflow plan class-block shards; checked against the data
     memory_limit_mb: int = 2048  # hdf5: a split up to this size is loaded into memory, a larger one streamed
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -202,7 +203,10 @@ class LoadedDataset:
 
 def load_dataset(spec: DatasetSpec) -> LoadedDataset:
     loader = {"digits": _digits, "hdf5": _hdf5, "torchvision": _torchvision, "imagefolder": _imagefolder}[spec.source]
-    return loader(spec)
+    data = loader(spec)
+    if spec.num_classes is not None and spec.num_classes != data.num_classes:
+        raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
+    return data
 
 
 def _check_labels(where: str, split: str, labels: np.ndarray, num_classes: int) -> None:

@@ -3,7 +3,8 @@
     L = sum_l w_l KL(N(mu_T,l, S_T,l) || N(mu_S,l, S_S,l)) / D_l  +  ce_weight * CE(f(aug(X_S)), Y_S)
 
 over the BatchNorm inputs of one or more teachers (averaged, or one teacher per iteration in
-turn). A shard covers IPC indices [ipc_start, ipc_end) of every class; it is optimised in
+turn). A shard covers IPC indices [ipc_start, ipc_end) of classes [class_start, class_end)
+(default: every class); it is optimised in
 class-mixed minibatches, and when it spans several minibatches its whole-set statistics are
 tracked with a moving average (only the live minibatch carries the gradient).
 """
@@ -46,9 +47,14 @@ def distill(
     params: DistillParams,
     seed: int,
     device: torch.device,
+    class_start: int = 0,
+    class_end: int | None = None,
 ) -> SyntheticSet:
     if not 0 <= ipc_start < ipc_end:
         raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
+    class_end = len(teachers[0].classes) if class_end is None else class_end
+    if not 0 <= class_start < class_end <= len(teachers[0].classes):
+        raise D3SError(f"distill: need 0 <= class_start < class_end <= {len(teachers[0].classes)}, got {class_start}..{class_end}")
     if params.teacher_mode not in ("mean", "round_robin"):
         raise D3SError(f"distill: teacher_mode must be 'mean' or 'round_robin', got {params.teacher_mode!r}")
     t0 = teachers[0]
@@ -67,11 +73,12 @@ def distill(
     weights = [params.first_layer_weight] + [1.0] * (len(targets[0]) - 1)
 
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
-    ipcs = range(ipc_start, ipc_end)
-    labels = torch.tensor([c for _ in ipcs for c in range(num_classes)], dtype=torch.long)
-    ipc_index = np.asarray([i for i in ipcs for _ in range(num_classes)], dtype=np.int64)
+    ipcs, block_classes = range(ipc_start, ipc_end), range(class_start, class_end)
+    labels = torch.tensor([c for _ in ipcs for c in block_classes], dtype=torch.long)
+    ipc_index = np.asarray([i for i in ipcs for _ in block_classes], dtype=np.int64)
     n = len(labels)
-    g_init, g_aug = generator(seed, 10, ipc_start, ipc_end), generator(seed, 11, ipc_start, ipc_end)
+    shard = (ipc_start, ipc_end, class_start, class_end)
+    g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
     init = torch.randn(n, channels, size, size, generator=g_init).to(device)
     init = torch.maximum(torch.minimum(init, hi), lo)
     blocks = [slice(b, min(b + params.batch_size, n)) for b in range(0, n, params.batch_size)]
@@ -102,8 +109,8 @@ def distill(
     total_steps = params.iterations * len(blocks)
     every = log_every(params.iterations)
     bar = progress(total=total_steps, desc=f"distill ipc {ipc_start}-{ipc_end}")
-    log.info("distilling %d images (IPC %d..%d x %d classes) in %d minibatch(es), %d iterations, %d teacher(s)",
-             n, ipc_start, ipc_end - 1, num_classes, len(blocks), params.iterations, len(teachers))
+    log.info("distilling %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
+             n, ipc_start, ipc_end - 1, class_start, class_end - 1, len(blocks), params.iterations, len(teachers))
     for step in range(total_steps):
         it, b = divmod(step, len(blocks))
         p, y = pixels[b], labels[blocks[b]].to(device)
@@ -155,6 +162,11 @@ def distill(
         images=images, labels=labels.numpy(), ipc_index=ipc_index, classes=t0.classes, method="d3s",
         teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
         config={**asdict(params), "pooling": pooling}, seed=seed,
-        loss_curves={f"ipc{ipc_start}-{ipc_end}": curves},
-        inputs={"teachers": [t.path for t in teachers], "ipc_range": [ipc_start, ipc_end]},
+        loss_curves={shard_name(ipc_start, ipc_end, class_start, class_end, num_classes): curves},
+        inputs={"teachers": [t.path for t in teachers], "shard": list(shard)},
     )
+
+
+def shard_name(ipc_start: int, ipc_end: int, class_start: int, class_end: int, num_classes: int) -> str:
+    name = f"ipc{ipc_start}-{ipc_end}"
+    return name if (class_start, class_end) == (0, num_classes) else f"{name}_c{class_start}-{class_end}"

@@ -67,7 +67,10 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
 
 
 def merge_synthetic(paths: list[str], expected_ipc: int | None = None) -> SyntheticSet:
-    """Join shards that cover disjoint IPC ranges into one set ordered by (IPC index, class)."""
+    """Join shards (blocks of IPC indices x classes of one run) into one set ordered by (IPC index, class).
+
+    Every (IPC index, class) slot must be filled exactly once.
+    """
     if not paths:
         raise D3SError("merge: no shard files given")
     shards = [load_synthetic(p) for p in paths]
@@ -77,20 +80,26 @@ def merge_synthetic(paths: list[str], expected_ipc: int | None = None) -> Synthe
         for key in ("method", "teachers", "norm_mean", "norm_std", "config", "seed"):
             if getattr(s, key) != getattr(first, key):
                 raise D3SError(f"merge: {p} has a different {key} than {paths[0]}; shards of one set must come from one run")
-    order = sorted(range(len(shards)), key=lambda i: shards[i].ipc_range)
-    covered = 0
-    for i in order:
-        start, end = shards[i].ipc_range
-        if start != covered:
-            raise D3SError(f"merge: IPC indices {covered}..{start - 1} are missing or overlap (shard {paths[i]} starts at {start})")
-        covered = end
-    if expected_ipc is not None and covered != expected_ipc:
-        raise D3SError(f"merge: shards cover IPC 0..{covered - 1}, expected {expected_ipc} images per class")
-    cat = lambda name: np.concatenate([getattr(shards[i], name) for i in order])  # noqa: E731
-    curves = {b: c for i in order for b, c in shards[i].loss_curves.items()}
+    ipc_index = np.concatenate([s.ipc_index for s in shards])
+    labels = np.concatenate([s.labels for s in shards])
+    ipc = expected_ipc if expected_ipc is not None else int(ipc_index.max()) + 1
+    slots = ipc_index * len(first.classes) + labels
+    counts = np.bincount(slots, minlength=ipc * len(first.classes))
+    if len(counts) > ipc * len(first.classes):
+        raise D3SError(f"merge: shards hold IPC index {int(ipc_index.max())}, expected {ipc} images per class")
+    if (counts > 1).any():
+        i, c = divmod(int(np.flatnonzero(counts > 1)[0]), len(first.classes))
+        raise D3SError(f"merge: IPC index {i} of class {first.classes[c]!r} is in more than one shard")
+    if (counts == 0).any():
+        i, c = divmod(int(np.flatnonzero(counts == 0)[0]), len(first.classes))
+        raise D3SError(f"merge: no shard holds IPC index {i} of class {first.classes[c]!r} "
+                       f"({int((counts == 0).sum())} of {len(counts)} slots missing; expected {ipc} images per class)")
+    order = np.argsort(slots, kind="stable")
+    curves = {b: c for s in shards for b, c in s.loss_curves.items()}
+    inputs = {k: v for k, v in first.inputs.items() if k != "shard"}
     return SyntheticSet(
-        images=cat("images"), labels=cat("labels"), ipc_index=cat("ipc_index"), classes=first.classes,
-        method=first.method, teachers=first.teachers, norm_mean=first.norm_mean, norm_std=first.norm_std,
-        hflip=first.hflip, config=first.config, seed=first.seed, loss_curves=curves,
-        inputs={"shards": [str(paths[i]) for i in order], **{k: v for k, v in first.inputs.items() if k != "ipc_range"}},
+        images=np.concatenate([s.images for s in shards])[order], labels=labels[order], ipc_index=ipc_index[order],
+        classes=first.classes, method=first.method, teachers=first.teachers, norm_mean=first.norm_mean,
+        norm_std=first.norm_std, hflip=first.hflip, config=first.config, seed=first.seed,
+        loss_curves=dict(sorted(curves.items())), inputs={"shards": [str(p) for p in paths], **inputs},
     )

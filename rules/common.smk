@@ -15,6 +15,11 @@ if DATASET not in config["datasets"]:
         f"(defined: {', '.join(sorted(config['datasets']))})"
     )
 RESULTS = f"results/{DATASET}"
+if config["classes_per_shard"] and not config["datasets"][DATASET].get("num_classes"):
+    raise ValueError(
+        f"config: classes_per_shard is {config['classes_per_shard']}, so "
+        f"datasets.{DATASET}.num_classes must be set (class blocks are planned before the data is read)"
+    )
 
 
 wildcard_constraints:
@@ -27,6 +32,7 @@ wildcard_constraints:
     ipc=r"\d+",
     start=r"\d+",
     end=r"\d+",
+    classes=r"all|\d+-\d+",
     student=r"[^/]+",
     seed=r"\d+",
 
@@ -101,11 +107,29 @@ def shard_ranges(ipc):
     return [(a, min(a + step, ipc)) for a in range(0, ipc, step)]
 
 
+def class_blocks():
+    """'all', or 'a-b' class ranges of `classes_per_shard` classes (needs the dataset's num_classes)."""
+    size = config["classes_per_shard"]
+    if not size:
+        return ["all"]
+    n = config["datasets"][DATASET]["num_classes"]
+    return [f"{a}-{min(a + size, n)}" for a in range(0, n, size)]
+
+
 def shard_files(wildcards):
+    ipc_dir = f"results/{wildcards.dataset}/{wildcards.method}/ipc{wildcards.ipc}"
     return [
-        f"results/{wildcards.dataset}/{wildcards.method}/ipc{wildcards.ipc}/shards/{a}-{b}.h5"
+        f"{ipc_dir}/shards/i{a}-{b}_c{c}.h5"
         for a, b in shard_ranges(int(wildcards.ipc))
+        for c in class_blocks()
     ]
+
+
+def class_options(wildcards):
+    if wildcards.classes == "all":
+        return ""
+    start, end = wildcards.classes.split("-")
+    return f"--class-start {start} --class-end {end}"
 
 
 def eval_files(wildcards):

@@ -3,11 +3,11 @@ rule distill_shard:
         teachers=teacher_files,
         stats=stats_files,
     output:
-        temp("results/{dataset}/{method}/ipc{ipc}/shards/{start}-{end}.h5"),
+        temp("results/{dataset}/{method}/ipc{ipc}/shards/i{start}-{end}_c{classes}.h5"),
     log:
-        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.log",
+        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/i{start}-{end}_c{classes}.log",
     benchmark:
-        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/{start}-{end}.tsv"
+        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/i{start}-{end}_c{classes}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -18,11 +18,13 @@ rule distill_shard:
     params:
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
+        classes=class_options,
         opts=cli_options("distill"),
         seed=config["seed"],
         device=config["device"],
     shell:
         "d3s distill {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "{params.classes} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--out {output} > {log} 2>&1"
 

@@ -132,9 +132,11 @@ def test_unknown_architecture_is_named(tmp_path):
 
 def test_merge_refuses_gaps(tiny, tmp_path):
     out = _fails("merge", "--shard", tiny["shard1"], "--ipc", "2", "--out", tmp_path / "m.h5")
-    assert "IPC indices 0..0 are missing" in out
+    assert "no shard holds IPC index 0 of class '0' (10 of 20 slots missing" in out
     out = _fails("merge", "--shard", tiny["shard0"], "--shard", tiny["shard1"], "--ipc", "3", "--out", tmp_path / "m.h5")
     assert "expected 3 images per class" in out
+    out = _fails("merge", "--shard", tiny["shard0"], "--shard", tiny["shard0"], "--ipc", "1", "--out", tmp_path / "m.h5")
+    assert "IPC index 0 of class '0' is in more than one shard" in out
     assert not (tmp_path / "m.h5").exists()
 
 

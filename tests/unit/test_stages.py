@@ -181,3 +181,20 @@ def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
     mismatched = run_cli("distill", *teachers, "--stats", tiny["stats"], "--ipc-end", "1", "--out", tmp_path / "x.h5",
                          expect_ok=False)
     assert mismatched.exit_code != 0 and "2 --teacher but 1 --stats" in mismatched.output
+
+
+def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
+    """Shards may split classes too (ImageNet-21K scale): 2 IPC x 10 classes as 4 blocks."""
+    shards = []
+    for (a, b), (c0, c1) in [((0, 2), (0, 4)), ((0, 1), (4, 10)), ((1, 2), (4, 7)), ((1, 2), (7, 10))]:
+        out = tmp_path / f"i{a}-{b}_c{c0}-{c1}.h5"
+        run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", a, "--ipc-end", b,
+                "--class-start", c0, "--class-end", c1, "--iterations", "3", "--out", out, "--device", "cpu")
+        s = load_synthetic(out)
+        assert sorted(set(s.labels.tolist())) == list(range(c0, c1))
+        shards += ["--shard", out]
+    merged = tmp_path / "merged.h5"
+    run_cli("merge", *shards, "--ipc", "2", "--out", merged)
+    m = load_synthetic(merged)
+    assert m.ipc_index.tolist() == [0] * 10 + [1] * 10 and m.labels.tolist() == list(range(10)) * 2
+    assert set(m.loss_curves) == {"ipc0-2_c0-4", "ipc0-1_c4-10", "ipc1-2_c4-7", "ipc1-2_c7-10"}

@@ -300,7 +300,11 @@ def _torchvision(spec: DatasetSpec) -> LoadedDataset:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES)
+    """Images in a class folder, or in its images/ sub-folder (Tiny-ImageNet's train/<wnid>/images/)."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES)
+    if not found and (folder / "images").is_dir():
+        return _image_files(folder / "images")
+    return found
 
 
 def _imagefolder(spec: DatasetSpec) -> LoadedDataset:

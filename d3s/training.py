@@ -77,8 +77,10 @@ def train_on_real(
     schedule = cosine_schedule(optimizer, steps, params.warmup_epochs * len(loader))
     views_rng = generator(seed, 2)
     losses = []
-    every = log_every(params.epochs, 10)
-    for epoch in progress(range(params.epochs), desc="teacher"):
+    every = log_every(steps, 20)  # progress lines by step: one epoch of a large dataset is long
+    step = 0
+    bar = progress(total=steps, desc="teacher")
+    for epoch in range(params.epochs):
         total, count = 0.0, 0
         for x, y in loader:
             x = normalizer.from_uint8(x.to(device))
@@ -91,7 +93,11 @@ def train_on_real(
             schedule.step()
             total += loss.item() * len(y)
             count += len(y)
+            step += 1
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                log.info("epoch %d/%d  step %d/%d  loss %.4f  lr %.4g", epoch + 1, params.epochs, step, steps,
+                         total / count, schedule.get_last_lr()[0])
         losses.append(total / count)
-        if (epoch + 1) % every == 0 or epoch + 1 == params.epochs:
-            log.info("epoch %d/%d  loss %.4f  lr %.4g", epoch + 1, params.epochs, losses[-1], schedule.get_last_lr()[0])
+    bar.close()
     return losses

@@ -42,3 +42,19 @@ def test_shipped_config_validates():
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     validate(config, str(REPO / "config/schema/config.schema.yaml"))
     assert config["distill"]["kl_weight"] == DistillParams().kl_weight  # defaults were filled in
+
+
+def _keys(schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, prop in schema.get("properties", {}).items():
+        keys.add(name)
+        keys |= _keys(prop, prefix)
+        keys |= _keys(prop.get("items", {}), prefix)
+    return keys
+
+
+def test_config_readme_documents_every_key():
+    readme = (REPO / "config/README.md").read_text()
+    keys = _keys(SCHEMA) | set(SCHEMA["$defs"]["dataset"]["properties"])
+    missing = sorted(k for k in keys if not any(f in readme for f in (f"`{k}`", f".{k}`", f"`{k}.")))
+    assert not missing, f"config/README.md does not describe: {missing}"

@@ -74,14 +74,18 @@ def test_imagefolder_class_list_sets_the_order(tmp_path, rng):
         load_dataset(_spec(source="imagefolder", root=str(tmp_path), image_size=8, class_list=str(order)))
 
 
-def test_tiny_imagenet_validation_layout(tmp_path, rng):
-    _class_folders(tmp_path / "train", rng)
+def test_tiny_imagenet_layout(tmp_path, rng):
+    for c in CLASSES:  # train/<wnid>/images/*.JPEG, as distributed
+        for i in range(2):
+            _png(tmp_path / "train" / c / "images" / f"{c}_{i}.JPEG", rng)
+        (tmp_path / "train" / c / f"{c}_boxes.txt").write_text("")
     lines = []
     for i, c in enumerate(["dog", "fox", "cat", "dog"]):
         _png(tmp_path / "val" / "images" / f"val_{i}.JPEG", rng)
         lines.append(f"val_{i}.JPEG\t{c}\t0\t0\t9\t9")
     (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     data = load_dataset(_spec(source="imagefolder", root=str(tmp_path), image_size=8))
+    assert len(data.train) == 6 and [int(data.train[i][1]) for i in (0, 2, 4)] == [0, 1, 2]
     assert [int(data.test[i][1]) for i in range(4)] == [1, 2, 0, 1]
 
 

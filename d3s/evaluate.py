@@ -46,11 +46,12 @@ def train_student(
     if params.label_mode not in ("soft", "hard"):
         raise D3SError(f"evaluate: label_mode must be 'soft' or 'hard', got {params.label_mode!r}")
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
-    x_all = normalizer.from_uint8(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2))
+    # uint8 on the host; each batch is normalised on the device (a float copy of a large set would not fit)
+    images = torch.from_numpy(synthetic.images).permute(0, 3, 1, 2)
     y_all = torch.from_numpy(synthetic.labels)
-    n, size = len(x_all), x_all.shape[-1]
+    n, size = len(images), images.shape[-1]
     torch.manual_seed(seed)
-    model = build_model(student_arch, len(synthetic.classes), x_all.shape[1], size).to(device).train()
+    model = build_model(student_arch, len(synthetic.classes), images.shape[1], size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     batch = min(params.batch_size, n)
     steps_per_epoch = -(-n // batch)
@@ -67,7 +68,7 @@ def train_student(
         total = 0.0
         for start in range(0, n, batch):
             idx = order[start:start + batch]
-            x = apply_views(x_all[idx].to(device), boxes[idx], flips[idx], size)
+            x = apply_views(normalizer.from_uint8(images[idx]), boxes[idx], flips[idx], size)
             out = model(x)
             if params.label_mode == "soft":
                 loss = soft_label_loss(out, logits[idx].to(device), params.temperature, params.t2_scale)

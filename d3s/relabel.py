@@ -45,8 +45,8 @@ def generate_soft_labels(
     for t in teachers:
         check_same_classes(synthetic.classes, synthetic_path, t.classes, t.path)
     normalizer = t0.normalizer(device)
-    x_all = normalizer.from_uint8(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2))
-    n, c = len(x_all), len(t0.classes)
+    images = torch.from_numpy(synthetic.images).permute(0, 3, 1, 2)  # uint8 on the host, normalised per batch
+    n, c = len(images), len(t0.classes)
     scale = (params.crop_scale_min, params.crop_scale_max)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,
@@ -64,7 +64,7 @@ def generate_soft_labels(
             out_logits = torch.empty(n, c)
             for start in range(0, n, params.batch_size):
                 sl = slice(start, start + params.batch_size)
-                view = apply_views(x_all[sl].to(device), b[sl], fl[sl], t0.image_size)
+                view = apply_views(normalizer.from_uint8(images[sl]), b[sl], fl[sl], t0.image_size)
                 out_logits[sl] = torch.stack([t.model(view).float() for t in teachers]).mean(0).cpu()
             boxes[epoch], flips[epoch], logits[epoch] = b.numpy(), fl.numpy(), out_logits.half().numpy()
             if (epoch + 1) % every == 0:

@@ -165,7 +165,9 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
 
 @main.command("distill")
 @click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat for several")
-@click.option("--stats", "stats", required=True, multiple=True, type=existing, help="statistics artifact of each --teacher, same order")
+@click.option("--stats", "stats", multiple=True, type=existing, help="d3s: statistics artifact of each --teacher, same order")
+@click.option("--method", type=click.Choice(["d3s", "sre2l"]), default="d3s",
+              help="d3s: match full-covariance Gaussians of the real data; sre2l: the SRe2L baseline (BN running stats)")
 @click.option("--ipc-start", type=int, default=0, help="first IPC index of this shard")
 @click.option("--ipc-end", type=int, required=True, help="one past the last IPC index of this shard")
 @click.option("--class-start", type=int, default=0, help="first class (label index) of this shard")
@@ -174,7 +176,7 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
 @_runtime_options
-def distill_cmd(teachers, stats, ipc_start, ipc_end, class_start, class_end, seed, out, device, threads, **kw):
+def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, out, device, threads, **kw):
     """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
@@ -185,15 +187,36 @@ def distill_cmd(teachers, stats, ipc_start, ipc_end, class_start, class_end, see
     from .synthetic import save_synthetic
     from .teacher import load_teachers
 
-    if len(teachers) != len(stats):
+    if method == "d3s" and len(teachers) != len(stats):
         raise D3SError(f"distill: {len(teachers)} --teacher but {len(stats)} --stats; give one statistics file per teacher")
     loaded = load_teachers(list(teachers), device)
-    layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)]
-    pooling = stats_pooling(list(stats))
+    layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if method == "d3s" else None
+    pooling = stats_pooling(list(stats)) if method == "d3s" else "positions"
     result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, _take(DistillParams, kw), seed, device,
-                     class_start, class_end)
+                     class_start, class_end, method)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
+
+
+@main.command("select-real")
+@_data_option
+@click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
+              help="teacher artifact(s) the set is used with (normalisation and class order)")
+@click.option("--ipc", type=int, required=True, help="real images per class")
+@click.option("--seed", type=int, default=0, help="seed of the choice")
+@click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
+@_runtime_options
+def select_real_cmd(data, teachers, ipc, seed, out, device, threads):
+    """The 'random' baseline: IPC real training images per class, chosen with a seed.
+
+    Writes the same images artifact as distill/merge, so relabel and evaluate treat it alike.
+    """
+    from .baselines import select_real
+    from .data import DatasetSpec
+    from .synthetic import save_synthetic
+    from .teacher import load_teachers
+
+    save_synthetic(out, select_real(DatasetSpec.parse(data), load_teachers(list(teachers), "cpu"), ipc, seed))
 
 
 @main.command("merge")
@@ -246,6 +269,30 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, device,
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
                  threads, meta={"dataset": dataset_name or spec.name})
+
+
+@main.command("evaluate-full")
+@_data_option
+@click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
+              help="teacher artifact(s): normalisation, and online soft labels in soft mode")
+@click.option("--student", required=True, help="student architecture (built-in or timm name)")
+@click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
+@click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
+@click.option("--out", required=True, type=output, help="result file to write (.json)")
+@_hparam_options(EvalParams)
+@_runtime_options
+def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, device, threads, **kw):
+    """The 'full' upper bound: a student trained on the whole real training set (FULL_EPOCHS epochs).
+
+    Soft mode uses the teachers' mean logits on each augmented batch (online); hard mode the labels.
+    """
+    from .data import DatasetSpec
+    from .evaluate import run_evaluate_full
+    from .teacher import load_teachers
+
+    spec = DatasetSpec.parse(data)
+    run_evaluate_full(load_teachers(list(teachers), device), spec, student, _take(EvalParams, kw), seed, out, device,
+                      threads, meta={"dataset": dataset_name or spec.name})
 
 
 @main.command("summarize")

@@ -1,8 +1,12 @@
-"""Stage 3: synthesise IPC images per class by minimising the D3S objective.
+"""Stage 3: synthesise IPC images per class by matching a teacher's BatchNorm-input statistics.
 
-    L = sum_l w_l KL(N(mu_T,l, S_T,l) || N(mu_S,l, S_S,l)) / D_l  +  ce_weight * CE(f(aug(X_S)), Y_S)
+    d3s:    L = kl_weight * sum_l w_l KL(N(mu_T,l, S_T,l) || N(mu_S,l, S_S,l)) / D_l  +  ce_weight * CE
+    sre2l:  L = r_bn * sum_l w_l (|mu_S,l - running_mean_l| + |var_S,l - running_var_l|)  +  ce_weight * CE
 
-over the BatchNorm inputs of one or more teachers (averaged, or one teacher per iteration in
+(CE of the teacher on augmented synthetic images against their assigned labels; w_1 is the
+first-layer weight.) D3S uses full-covariance Gaussians of the real data from `extract-stats`;
+SRe2L (the baseline) the per-channel running buffers inside the teacher's BatchNorm layers.
+D3S works over the BatchNorm inputs of one or more teachers (averaged, or one teacher per iteration in
 turn). A shard covers IPC indices [ipc_start, ipc_end) of classes [class_start, class_end)
 (default: every class); it is optimised in
 class-mixed minibatches, and when it spans several minibatches its whole-set statistics are
@@ -38,9 +42,76 @@ def _check_finite(value: torch.Tensor, what: str, iteration: int, teacher: Teach
         )
 
 
+class GaussianMatching:
+    """D3S: per-layer KL between the real Gaussian and the synthetic set's (moving) Gaussian."""
+
+    name = "d3s"
+
+    def __init__(self, teachers, recorders, stats, pooling, params: DistillParams, device):
+        if stats is None or len(stats) != len(teachers):
+            raise D3SError("distill: method d3s needs one statistics file (--stats) per teacher")
+        for t, rec, layer_stats in zip(teachers, recorders, stats):
+            if [s.name for s in layer_stats] != rec.names:
+                raise D3SError(f"distill: statistics layers {[s.name for s in layer_stats][:3]}... do not match "
+                               f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)")
+        self.diagonal = params.covariance == "diagonal"
+        self.pooling = pooling
+        self.targets: list[list[GaussianTarget]] = [
+            [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats]
+            for layer_stats in stats
+        ]
+        self.moving = [[MovingMoments(params.ema_momentum) for _ in tgts] for tgts in self.targets]
+        self.weight = params.kl_weight
+        self.first_layer_weight = params.first_layer_weight
+
+    def _shape(self, cov: torch.Tensor) -> torch.Tensor:
+        return torch.diag_embed(torch.diagonal(cov)) if self.diagonal else cov
+
+    def moments(self, feats: torch.Tensor):
+        mean, cov = batch_moments(feature_samples(feats.float(), self.pooling))
+        return mean, self._shape(cov)
+
+    @torch.no_grad()
+    def initialise(self, k: int, per_block_feats: list[list[torch.Tensor]]) -> None:
+        for l, mm in enumerate(self.moving[k]):
+            mm.initialise([self.moments(block[l]) for block in per_block_feats])
+
+    def layer_loss(self, k: int, l: int, feats: torch.Tensor, share: float) -> torch.Tensor:
+        target, mm = self.targets[k][l], self.moving[k][l]
+        mean_b, cov_b = self.moments(feats)
+        mean, cov = mm.combine(mean_b, cov_b, share)
+        try:
+            kl = gaussian_kl(target, mean, cov) / target.dim
+        except torch.linalg.LinAlgError:
+            kl = torch.tensor(float("nan"), dtype=torch.float64)
+        if share < 1.0:
+            mm.update(mean_b, cov_b)
+        return kl
+
+
+class RunningStatsMatching:
+    """SRe2L: per-channel batch mean/variance against the teacher's BatchNorm running buffers."""
+
+    name = "sre2l"
+
+    def __init__(self, teachers, recorders, params: DistillParams):
+        self.buffers = [[(m.running_mean, m.running_var) for _, m in rec.layers] for rec in recorders]
+        self.weight = params.r_bn
+        self.first_layer_weight = params.first_bn_multiplier
+
+    def initialise(self, k, per_block_feats) -> None:  # SRe2L matches each minibatch on its own
+        pass
+
+    def layer_loss(self, k: int, l: int, feats: torch.Tensor, share: float) -> torch.Tensor:
+        running_mean, running_var = self.buffers[k][l]
+        x = feats.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
+        var, mean = torch.var_mean(x, dim=1, unbiased=False)
+        return (torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)).double()
+
+
 def distill(
     teachers: list[Teacher],
-    stats: list[list[LayerStats]],
+    stats: list[list[LayerStats]] | None,
     pooling: str,
     ipc_start: int,
     ipc_end: int,
@@ -49,6 +120,7 @@ def distill(
     device: torch.device,
     class_start: int = 0,
     class_end: int | None = None,
+    method: str = "d3s",
 ) -> SyntheticSet:
     if not 0 <= ipc_start < ipc_end:
         raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
@@ -61,16 +133,15 @@ def distill(
     num_classes, size, channels = len(t0.classes), t0.image_size, t0.channels
     normalizer = t0.normalizer(device)
     lo, hi = normalizer.bounds()
-
-    targets: list[list[GaussianTarget]] = [
-        [gaussian_target(s.mean.to(device), s.cov.to(device), params.ridge) for s in layer_stats] for layer_stats in stats
-    ]
     recorders = [BNInputRecorder(t.model, t.path) for t in teachers]
-    for t, rec, layer_stats in zip(teachers, recorders, stats):
-        if [s.name for s in layer_stats] != rec.names:
-            raise D3SError(f"distill: statistics layers {[s.name for s in layer_stats][:3]}... do not match "
-                           f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)")
-    weights = [params.first_layer_weight] + [1.0] * (len(targets[0]) - 1)
+    if method == "d3s":
+        objective = GaussianMatching(teachers, recorders, stats, pooling, params, device)
+    elif method == "sre2l":
+        objective = RunningStatsMatching(teachers, recorders, params)
+    else:
+        raise D3SError(f"distill: method must be 'd3s' or 'sre2l', got {method!r}")
+    n_layers = len(recorders[0].names)
+    weights = [objective.first_layer_weight] + [1.0] * (n_layers - 1)
 
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
     ipcs, block_classes = range(ipc_start, ipc_end), range(class_start, class_end)
@@ -85,7 +156,6 @@ def distill(
     pixels = [torch.nn.Parameter(init[b].clone()) for b in blocks]
     optimisers = [torch.optim.Adam([p], lr=params.lr, betas=(0.5, 0.9)) for p in pixels]
     schedules = [cosine_schedule(o, params.iterations) for o in optimisers]
-    moving = [[MovingMoments(params.ema_momentum) for _ in tgts] for tgts in targets]
     scale = (params.crop_scale_min, params.crop_scale_max)
 
     def render(x: torch.Tensor) -> torch.Tensor:
@@ -101,41 +171,33 @@ def distill(
                 per_block = []
                 for p in pixels:
                     t.model(render(p))
-                    per_block.append([batch_moments(feature_samples(f.float(), pooling)) for f in rec.inputs])
-                for l, mm in enumerate(moving[k]):
-                    mm.initialise([blk[l] for blk in per_block])
+                    per_block.append(list(rec.inputs))
+                objective.initialise(k, per_block)
 
-    curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "kl", "ce")}
+    curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "match", "ce")}
     total_steps = params.iterations * len(blocks)
     every = log_every(params.iterations)
-    bar = progress(total=total_steps, desc=f"distill ipc {ipc_start}-{ipc_end}")
-    log.info("distilling %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
-             n, ipc_start, ipc_end - 1, class_start, class_end - 1, len(blocks), params.iterations, len(teachers))
+    bar = progress(total=total_steps, desc=f"{method} ipc {ipc_start}-{ipc_end}")
+    log.info("%s: %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
+             method, n, ipc_start, ipc_end - 1, class_start, class_end - 1, len(blocks), params.iterations, len(teachers))
     for step in range(total_steps):
         it, b = divmod(step, len(blocks))
         p, y = pixels[b], labels[blocks[b]].to(device)
         share = len(y) / n
         active = list(range(len(teachers))) if params.teacher_mode == "mean" else [it % len(teachers)]
         x = render(p)
-        loss_kl = torch.zeros((), dtype=torch.float64, device=device)
+        loss_match = torch.zeros((), dtype=torch.float64, device=device)
         loss_ce = torch.zeros((), device=device)
         for k in active:
             t, rec = teachers[k], recorders[k]
             logits = t.model(x)
             loss_ce = loss_ce + F.cross_entropy(logits, y)
-            for l, (feats, target, mm) in enumerate(zip(rec.inputs, targets[k], moving[k])):
-                mean_b, cov_b = batch_moments(feature_samples(feats.float(), pooling))
-                mean, cov = mm.combine(mean_b, cov_b, share)
-                try:
-                    kl = gaussian_kl(target, mean, cov) / target.dim
-                except torch.linalg.LinAlgError:
-                    kl = torch.tensor(float("nan"), dtype=torch.float64)
-                _check_finite(kl, f"KL of layer '{rec.names[l]}'", it + 1, t)
-                loss_kl = loss_kl + weights[l] * kl
-                if share < 1.0:
-                    mm.update(mean_b, cov_b)
-        loss_kl, loss_ce = loss_kl / len(active), loss_ce / len(active)
-        loss = params.kl_weight * loss_kl.float() + params.ce_weight * loss_ce
+            for l, feats in enumerate(rec.inputs):
+                term = objective.layer_loss(k, l, feats, share)
+                _check_finite(term, f"{'KL' if method == 'd3s' else 'BN loss'} of layer '{rec.names[l]}'", it + 1, t)
+                loss_match = loss_match + weights[l] * term
+        loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)
+        loss = objective.weight * loss_match.float() + params.ce_weight * loss_ce
         _check_finite(loss, "the loss", it + 1, teachers[active[0]])
         optimisers[b].zero_grad(set_to_none=True)
         loss.backward()
@@ -145,23 +207,24 @@ def distill(
             p.copy_(torch.maximum(torch.minimum(p, hi), lo))
         share_it = 1 / len(blocks)
         curves["total"][it] += loss.item() * share_it
-        curves["kl"][it] += loss_kl.item() * share_it
+        curves["match"][it] += loss_match.item() * share_it
         curves["ce"][it] += loss_ce.item() * share_it
         bar.update(1)
         if b == len(blocks) - 1 and ((it + 1) % every == 0 or it == 0):
             bar.set_postfix(loss=f"{curves['total'][it]:.4f}")
-            log.info("iteration %d/%d  loss %.4f  (kl %.4f, ce %.4f)", it + 1, params.iterations,
-                     curves["total"][it], curves["kl"][it], curves["ce"][it])
+            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations,
+                     curves["total"][it], "kl" if method == "d3s" else "bn", curves["match"][it], curves["ce"][it])
     bar.close()
     for rec in recorders:
         rec.__exit__(None, None, None)
 
     with torch.no_grad():
         images = torch.cat([normalizer.to_uint8(p) for p in pixels]).permute(0, 2, 3, 1).cpu().numpy()
+    config = {**asdict(params), "pooling": pooling} if method == "d3s" else asdict(params)
     return SyntheticSet(
-        images=images, labels=labels.numpy(), ipc_index=ipc_index, classes=t0.classes, method="d3s",
+        images=images, labels=labels.numpy(), ipc_index=ipc_index, classes=t0.classes, method=method,
         teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
-        config={**asdict(params), "pooling": pooling}, seed=seed,
+        config=config, seed=seed,
         loss_curves={shard_name(ipc_start, ipc_end, class_start, class_end, num_classes): curves},
         inputs={"teachers": [t.path for t in teachers], "shard": list(shard)},
     )

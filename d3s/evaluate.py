@@ -15,13 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import atomic_path, check_same_classes, code_version
-from .data import DatasetSpec, load_dataset
+from torch.utils.data import DataLoader
+
+from .data import DatasetSpec, load_dataset, training_sampler
 from .errors import D3SError
 from .hparams import EvalParams
 from .models import build_model
 from .relabel import SoftLabelStore
 from .runtime import generator, log, log_every, progress
 from .synthetic import SyntheticSet
+from .teacher import Teacher
 from .training import accuracy, cosine_schedule
 from .transforms import Normalizer, apply_views, sample_views
 
@@ -98,7 +101,6 @@ def run_evaluate(
     meta: dict | None = None,
 ) -> dict:
     data = load_dataset(spec)
-    workers = data.loader_workers(threads)
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
     store = None
     if params.label_mode == "soft":
@@ -111,32 +113,90 @@ def run_evaluate(
     model = train_student(synthetic, store, student_arch, params, seed, device)
     train_seconds = time.perf_counter() - t0
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
-    top1, top5 = accuracy(model, data.test, normalizer, synthetic.images.shape[1], device, workers=workers)
-    log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%",
-             student_arch, seed, len(synthetic.labels), synthetic.method, 100 * top1, 100 * top5)
-    result = {
-        **(meta or {}),
-        "method": synthetic.method,
-        "ipc": int(synthetic.ipc_range[1] - synthetic.ipc_range[0]),
-        "student": student_arch,
-        "seed": seed,
-        "top1": top1,
-        "top5": top5,
-        "n_images": int(len(synthetic.labels)),
-        "n_test": len(data.test),
-        "train_seconds": round(train_seconds, 2),
-        "protocol": {
-            **asdict(params),
-            "optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch",
-            "label_epochs": store.epochs if store else None,
-            "relabel": store.config if store else None,
-            "distill": synthetic.config,
-        },
-        "inputs": {"images": images_path, "labels": labels_path, "teachers": synthetic.teachers, "dataset": spec.to_dict()},
-        "code_version": code_version(),
+    protocol = {
+        **asdict(params),
+        "label_epochs": store.epochs if store else None,
+        "relabel": store.config if store else None,
+        "distill": synthetic.config,
     }
     if store:
         store.close()
+    return _write_result(
+        model, data, normalizer, out, device, threads, meta, method=synthetic.method,
+        ipc=int(synthetic.ipc_range[1] - synthetic.ipc_range[0]), student=student_arch, seed=seed,
+        n_images=len(synthetic.labels), train_seconds=train_seconds, protocol=protocol,
+        inputs={"images": images_path, "labels": labels_path, "teachers": synthetic.teachers, "dataset": spec.to_dict()},
+    )
+
+
+def run_evaluate_full(
+    teachers: list[Teacher],
+    spec: DatasetSpec,
+    student_arch: str,
+    params: EvalParams,
+    seed: int,
+    out: str,
+    device: torch.device,
+    threads: int = 0,
+    meta: dict | None = None,
+) -> dict:
+    """The upper bound: a student trained on the whole real training set, teacher soft labels online (or hard)."""
+    data = load_dataset(spec)
+    t0 = teachers[0]
+    check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
+    normalizer = t0.normalizer(device)
+    workers = data.loader_workers(threads)
+    torch.manual_seed(seed)
+    model = build_model(student_arch, data.num_classes, data.channels, data.image_size).to(device).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    g = generator(seed, 31)
+    loader = DataLoader(data.train, batch_size=params.batch_size, sampler=training_sampler(data.train, g),
+                        drop_last=len(data.train) > params.batch_size, num_workers=workers)
+    schedule = cosine_schedule(optimiser, params.full_epochs * len(loader))
+    scale = (params.crop_scale_min, params.crop_scale_max)
+    started = time.perf_counter()
+    for epoch in progress(range(params.full_epochs), desc="full-data student"):
+        total = count = 0
+        for x, y in loader:
+            boxes, flips = sample_views(len(x), scale, t0.hflip, g)
+            x = apply_views(normalizer.from_uint8(x.to(device)), boxes, flips, data.image_size)
+            out_logits = model(x)
+            if params.label_mode == "soft":
+                with torch.no_grad():
+                    target = torch.stack([t.model(x) for t in teachers]).mean(0)
+                loss = soft_label_loss(out_logits, target, params.temperature, params.t2_scale)
+            else:
+                loss = F.cross_entropy(out_logits, y.to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        log.info("full-data student epoch %d/%d  loss %.4f", epoch + 1, params.full_epochs, total / count)
+    protocol = {**asdict(params), "epochs": params.full_epochs, "soft_labels": "teachers online" if params.label_mode == "soft" else None}
+    return _write_result(
+        model, data, normalizer, out, device, threads, meta, method="full", ipc=None, student=student_arch, seed=seed,
+        n_images=len(data.train), train_seconds=time.perf_counter() - started, protocol=protocol,
+        inputs={"teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict()},
+    )
+
+
+def _write_result(model, data, normalizer, out, device, threads, meta, *, method, ipc, student, seed, n_images,
+                  train_seconds, protocol, inputs) -> dict:
+    """Test a trained student on the real test set and write the result JSON (atomically)."""
+    top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=data.loader_workers(threads))
+    log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%",
+             student, seed, n_images, method, 100 * top1, 100 * top5)
+    result = {
+        **(meta or {}),
+        "method": method, "ipc": ipc, "student": student, "seed": seed,
+        "top1": top1, "top5": top5, "n_images": int(n_images), "n_test": len(data.test),
+        "train_seconds": round(train_seconds, 2),
+        "protocol": {"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol},
+        "inputs": inputs,
+        "code_version": code_version(),
+    }
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

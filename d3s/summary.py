@@ -10,6 +10,7 @@ from pathlib import Path
 from .artifacts import atomic_path, open_artifact
 from .errors import D3SError
 
+METHOD_ORDER = ["d3s", "sre2l", "random", "full"]
 COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1"]
 
 
@@ -28,13 +29,16 @@ def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str) -
             r = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise D3SError(f"{p}: unreadable result file ({e})") from None
-        groups[(r["method"], int(r["ipc"]), r["student"])].append(r)
+        groups[(r["method"], r["ipc"], r["student"])].append(r)
     rows = []
-    for (method, ipc, student), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (method, ipc, student), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][1] or 0, order.get(kv[0][0], 99), kv[0][2])
+    ):
         t1 = _mean_std([100 * r["top1"] for r in rs])
         t5 = _mean_std([100 * r["top5"] for r in rs])
         rows.append({
-            "dataset": dataset, "method": method, "ipc": ipc, "student": student,
+            "dataset": dataset, "method": method, "ipc": "all" if ipc is None else int(ipc), "student": student,
             "seeds": ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
             "top1_mean": round(t1[0], 2), "top1_std": round(t1[1], 2),
             "top5_mean": round(t5[0], 2), "top5_std": round(t5[1], 2),

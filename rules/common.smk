@@ -28,7 +28,8 @@ wildcard_constraints:
     name=r"[^/]+",
     arch=r"[^/]+",
     tseed=r"\d+",
-    method="|".join(config["methods"]),
+    method="d3s|sre2l|random",
+    synth=r"d3s|sre2l",
     ipc=r"\d+",
     start=r"\d+",
     end=r"\d+",
@@ -94,6 +95,9 @@ def teacher_files(wildcards):
 
 
 def stats_files(wildcards):
+    """D3S needs each teacher's statistics; SRe2L reads the BN buffers inside the teacher."""
+    if wildcards.get("synth", "d3s") != "d3s":
+        return []
     return [f"results/{wildcards.dataset}/stats/{t}.h5" for t in teacher_ids()]
 
 
@@ -117,7 +121,7 @@ def class_blocks():
 
 
 def shard_files(wildcards):
-    ipc_dir = f"results/{wildcards.dataset}/{wildcards.method}/ipc{wildcards.ipc}"
+    ipc_dir = f"results/{wildcards.dataset}/{wildcards.synth}/ipc{wildcards.ipc}"
     return [
         f"{ipc_dir}/shards/i{a}-{b}_c{c}.h5"
         for a, b in shard_ranges(int(wildcards.ipc))
@@ -133,13 +137,22 @@ def class_options(wildcards):
 
 
 def eval_files(wildcards):
-    return [
+    """Every student result: per (method, IPC, student, seed), and per (student, seed) for `full`."""
+    per_ipc = [m for m in config["methods"] if m != "full"]
+    files = [
         f"results/{wildcards.dataset}/{m}/ipc{i}/eval/{s}-s{seed}.json"
-        for m in config["methods"]
+        for m in per_ipc
         for i in config["ipcs"]
         for s in config["students"]
         for seed in config["eval_seeds"]
     ]
+    if "full" in config["methods"]:
+        files += [
+            f"results/{wildcards.dataset}/full/eval/{s}-s{seed}.json"
+            for s in config["students"]
+            for seed in config["eval_seeds"]
+        ]
+    return files
 
 
 def final_outputs():

@@ -3,11 +3,11 @@ rule distill_shard:
         teachers=teacher_files,
         stats=stats_files,
     output:
-        temp("results/{dataset}/{method}/ipc{ipc}/shards/i{start}-{end}_c{classes}.h5"),
+        temp("results/{dataset}/{synth}/ipc{ipc}/shards/i{start}-{end}_c{classes}.h5"),
     log:
-        "logs/distill_shard/{dataset}/{method}/ipc{ipc}/i{start}-{end}_c{classes}.log",
+        "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/i{start}-{end}_c{classes}.log",
     benchmark:
-        "logs/bench/distill_shard/{dataset}/{method}/ipc{ipc}/i{start}-{end}_c{classes}.tsv"
+        "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/i{start}-{end}_c{classes}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -23,7 +23,7 @@ rule distill_shard:
         seed=config["seed"],
         device=config["device"],
     shell:
-        "d3s distill {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--out {output} > {log} 2>&1"
@@ -33,9 +33,9 @@ rule merge_shards:
     input:
         shard_files,
     output:
-        "results/{dataset}/{method}/ipc{ipc}/images.h5",
+        "results/{dataset}/{synth}/ipc{ipc}/images.h5",
     log:
-        "logs/merge_shards/{dataset}/{method}/ipc{ipc}.log",
+        "logs/merge_shards/{dataset}/{synth}/ipc{ipc}.log",
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -50,3 +50,26 @@ rule merge_shards:
         distill_config=section_digest("distill"),
     shell:
         "d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"
+
+
+rule select_real:
+    input:
+        teachers=teacher_files,
+    output:
+        "results/{dataset}/random/ipc{ipc}/images.h5",
+    log:
+        "logs/select_real/{dataset}/ipc{ipc}.log",
+    conda:
+        "../envs/d3s.yaml"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        data=dataset_spec,
+        teachers=input_option("--teacher", "teachers"),
+        seed=config["seed"],
+    shell:
+        "d3s select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"

@@ -25,6 +25,33 @@ rule evaluate_student:
         "{params.opts} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 
+rule evaluate_full:
+    input:
+        teachers=teacher_files,
+    output:
+        "results/{dataset}/full/eval/{student}-s{seed}.json",
+    log:
+        "logs/evaluate_full/{dataset}/{student}-s{seed}.log",
+    benchmark:
+        "logs/bench/evaluate_full/{dataset}/{student}-s{seed}.tsv"
+    conda:
+        "../envs/d3s.yaml"
+    threads: 2
+    resources:
+        gpu=gpu_count(),
+        mem_mb=8000,
+        runtime=runtime_minutes(720),
+    params:
+        data=dataset_spec,
+        teachers=input_option("--teacher", "teachers"),
+        opts=cli_options("evaluate"),
+        device=config["device"],
+    shell:
+        "d3s evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
+        "--seed {wildcards.seed} --dataset-name {wildcards.dataset} {params.opts} "
+        "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule summarize:
     input:
         results=eval_files,

@@ -19,7 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "workflow" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-STAGES = ["dataset_info", "train_teacher", "extract_stats", "distill_shard", "merge_shards", "relabel", "evaluate_student", "summarize"]
+STAGES = ["dataset_info", "train_teacher", "extract_stats", "distill_shard", "merge_shards", "select_real", "relabel",
+          "evaluate_student", "evaluate_full", "summarize"]
 
 pytestmark = pytest.mark.workflow
 
@@ -63,17 +64,22 @@ def test_whole_dag_runs_and_summarises(finished_run):
     rows = (workdir / "results/digits/summary.tsv").read_text().splitlines()
     header = rows[0].split("\t")
     table = [dict(zip(header, r.split("\t"))) for r in rows[1:]]
+    # one row per (method, IPC, student), IPC-major; `full` once per student
     assert [(r["method"], r["ipc"], r["student"], r["seeds"]) for r in table] == [
-        ("d3s", "1", "convnet3_w32", "0,1"), ("d3s", "2", "convnet3_w32", "0,1")]
+        (m, ipc, "convnet3_w32", "0,1") for ipc in ("1", "2") for m in ("d3s", "sre2l", "random")
+    ] + [("full", "all", "convnet3_w32", "0,1")]
     assert float(table[0]["teacher_top1"]) > 50
     # shards are temporary; merged sets, labels and per-seed results stay
-    assert not list(workdir.glob("results/digits/d3s/ipc*/shards/*.h5"))
-    for ipc in (1, 2):
-        assert (workdir / f"results/digits/d3s/ipc{ipc}/images.h5").exists()
-        assert (workdir / f"results/digits/d3s/ipc{ipc}/labels.h5").exists()
-        for seed in (0, 1):
-            r = json.loads((workdir / f"results/digits/d3s/ipc{ipc}/eval/convnet3_w32-s{seed}.json").read_text())
-            assert r["protocol"]["epochs"] == config["evaluate"]["epochs"]
+    assert not list(workdir.glob("results/digits/*/ipc*/shards/*.h5"))
+    for method in ("d3s", "sre2l", "random"):
+        for ipc in (1, 2):
+            assert (workdir / f"results/digits/{method}/ipc{ipc}/images.h5").exists()
+            assert (workdir / f"results/digits/{method}/ipc{ipc}/labels.h5").exists()
+            for seed in (0, 1):
+                r = json.loads((workdir / f"results/digits/{method}/ipc{ipc}/eval/convnet3_w32-s{seed}.json").read_text())
+                assert r["method"] == method and r["protocol"]["epochs"] == config["evaluate"]["epochs"]
+    full = json.loads((workdir / "results/digits/full/eval/convnet3_w32-s0.json").read_text())
+    assert full["n_images"] > 1000 and full["protocol"]["epochs"] == 1
     for rule in STAGES:
         logs = list((workdir / "logs" / rule).rglob("*.log"))
         assert logs, f"no log for {rule}"
@@ -89,7 +95,7 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     workdir, config = finished_run
     changed = {**config, "evaluate": {**config["evaluate"], "lr": 0.01}}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"evaluate_student": 4, "summarize": 1, "all": 1}
+    assert jobs == {"evaluate_student": 12, "evaluate_full": 2, "summarize": 1, "all": 1}
 
 
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
@@ -97,15 +103,16 @@ def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     changed = {**config, "distill": {**config["distill"], "iterations": 21}}
     jobs = planned_jobs(workdir, changed)
     assert "train_teacher" not in jobs and "extract_stats" not in jobs
-    assert jobs["distill_shard"] == 3 and jobs["merge_shards"] == 2 and jobs["relabel"] == 2
-    assert jobs["evaluate_student"] == 4
+    # d3s and sre2l shards rerun; the random baseline and its labels do not depend on distillation
+    assert jobs["distill_shard"] == 6 and jobs["merge_shards"] == 4 and jobs["relabel"] == 4
+    assert jobs["evaluate_student"] == 8 and "select_real" not in jobs and "evaluate_full" not in jobs
 
 
 def test_changing_relabel_keeps_distilled_images(finished_run):
     workdir, config = finished_run
     changed = {**config, "relabel": {"epochs": 31}}
     jobs = planned_jobs(workdir, changed)
-    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "all"}
+    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "all"} and jobs["relabel"] == 6
 
 
 def test_changing_the_teacher_reruns_everything(finished_run):
@@ -186,6 +193,7 @@ def test_a_new_dataset_by_config_only_runs_the_whole_dag(tmp_path):
     config["dataset"] = "my_images"
     config["datasets"] = {"my_images": {"source": "imagefolder", "root": "my_images", "image_size": 8}}
     config["teacher"] = {"epochs": 5, "batch_size": 12}
+    config["methods"] = ["d3s"]
     snakemake(tmp_path, config=config)
     rows = (tmp_path / "results/my_images/summary.tsv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split("\t")[:3] == ["my_images", "d3s", "1"]

@@ -1,0 +1,47 @@
+"""Baselines that need no synthesis, run under the same protocol as D3S.
+
+`random`: IPC real training images per class chosen with a seed (then relabelled and evaluated
+like a distilled set). The `full` upper bound (a student on the whole training set) lives in
+`evaluate.run_evaluate_full`. The `sre2l` baseline is an objective of `distill`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .artifacts import check_same_classes
+from .data import DatasetSpec, load_dataset
+from .errors import D3SError
+from .runtime import generator
+from .synthetic import SyntheticSet
+from .teacher import Teacher
+from .transforms import resize
+
+
+def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    return [np.flatnonzero(labels == c) for c in range(num_classes)]
+
+
+def select_real(spec: DatasetSpec, teachers: list[Teacher], ipc: int, seed: int) -> SyntheticSet:
+    data = load_dataset(spec)
+    t0 = teachers[0]
+    check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
+    labels = data.train.labels.numpy()
+    g = generator(seed, 40)
+    chosen = []  # [class][ipc index] -> dataset index
+    for c, idx in enumerate(class_indices(labels, data.num_classes)):
+        if len(idx) < ipc:
+            raise D3SError(f"dataset '{spec.name}': class {data.classes[c]!r} has {len(idx)} training images, fewer than IPC {ipc}")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:ipc].numpy()])
+    order = [(i, c) for i in range(ipc) for c in range(data.num_classes)]  # (IPC index, class), as distill
+    images = torch.stack([data.train[int(chosen[c][i])][0] for i, c in order])
+    images = resize(images.float(), t0.image_size).round().clamp(0, 255).to(torch.uint8)
+    return SyntheticSet(
+        images=images.permute(0, 2, 3, 1).numpy(), labels=np.asarray([c for _, c in order], dtype=np.int64),
+        ipc_index=np.asarray([i for i, _ in order], dtype=np.int64), classes=data.classes, method="random",
+        teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
+        config={"ipc": ipc, "selection": "uniform per class"}, seed=seed,
+        inputs={"dataset": spec.to_dict(), "teachers": [t.path for t in teachers],
+                "train_indices": [int(chosen[c][i]) for i, c in order]},
+    )

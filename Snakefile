@@ -11,12 +11,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/teacher.smk"
 include: "rules/stats.smk"
 include: "rules/distill.smk"
 include: "rules/relabel.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -48,7 +48,7 @@ def main() -> None:
         print(f"default run wall time: {wall:.1f} s  (cores={args.cores})")
         print(f"no-op rerun wall time: {noop:.1f} s")
         print(f"{'stage':<18}{'jobs':>5}{'job s':>9}{'share':>8}")
-        for stage in ("train_teacher", "extract_stats", "distill_shard", "relabel", "evaluate_student"):
+        for stage in sorted(per_stage, key=per_stage.get, reverse=True):
             print(f"{stage:<18}{jobs[stage]:>5}{per_stage[stage]:>9.1f}{100 * per_stage[stage] / total:>7.1f}%")
         print(f"{'(sum of job time)':<23}{total:>9.1f}")
         print()

@@ -315,3 +315,38 @@ def summarize_cmd(results, teachers, dataset, tsv, markdown):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@main.command("plot-accuracy")
+@click.option("--summary", required=True, type=existing, help="summary table (TSV) from summarize")
+@click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
+def plot_accuracy_cmd(summary, out):
+    """Student top-1 against IPC, one line per method, with the full-data and teacher references."""
+    from .plots import plot_accuracy
+
+    try:
+        plot_accuracy(summary, out)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("plot-losses")
+@click.option("--images", "images", required=True, multiple=True, type=existing, help="images artifact; repeat")
+@click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
+def plot_losses_cmd(images, out):
+    """Distillation loss curves stored in the images artifacts."""
+    from .plots import plot_losses
+
+    plot_losses(list(images), out)
+
+
+@main.command("plot-images")
+@click.option("--images", required=True, type=existing, help="images artifact (.h5)")
+@click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
+@click.option("--max-classes", type=int, default=20, help="rows to show")
+@click.option("--max-ipc", type=int, default=10, help="columns to show")
+def plot_images_cmd(images, out, max_classes, max_ipc):
+    """A grid of the distilled images: one row per class, one column per IPC index."""
+    from .plots import plot_images
+
+    plot_images(images, out, max_classes, max_ipc)

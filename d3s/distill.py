@@ -10,7 +10,8 @@ D3S works over the BatchNorm inputs of one or more teachers (averaged, or one te
 turn). A shard covers IPC indices [ipc_start, ipc_end) of classes [class_start, class_end)
 (default: every class); it is optimised in
 class-mixed minibatches, and when it spans several minibatches its whole-set statistics are
-tracked with a moving average (only the live minibatch carries the gradient).
+estimated from the live minibatch (which carries the gradient) and the stored, moving-averaged
+statistics of the others.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class GaussianMatching:
             [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats]
             for layer_stats in stats
         ]
-        self.moving = [[MovingMoments(params.ema_momentum) for _ in tgts] for tgts in self.targets]
+        self.moving: list[list[MovingMoments]] = []  # per teacher and layer, once the block sizes are known
+        self.momentum = params.ema_momentum
         self.weight = params.kl_weight
         self.first_layer_weight = params.first_layer_weight
 
@@ -72,20 +74,23 @@ class GaussianMatching:
         return mean, self._shape(cov)
 
     @torch.no_grad()
-    def initialise(self, k: int, per_block_feats: list[list[torch.Tensor]]) -> None:
+    def initialise(self, k: int, per_block_feats: list[list[torch.Tensor]], sizes: list[int]) -> None:
+        if len(self.moving) <= k:
+            self.moving.append([MovingMoments(self.momentum, sizes) for _ in self.targets[k]])
         for l, mm in enumerate(self.moving[k]):
             mm.initialise([self.moments(block[l]) for block in per_block_feats])
 
-    def layer_loss(self, k: int, l: int, feats: torch.Tensor, share: float) -> torch.Tensor:
-        target, mm = self.targets[k][l], self.moving[k][l]
+    def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
+        target = self.targets[k][l]
         mean_b, cov_b = self.moments(feats)
-        mean, cov = mm.combine(mean_b, cov_b, share)
+        mm = self.moving[k][l] if self.moving else None
+        mean, cov = mm.combine(b, mean_b, cov_b) if mm else (mean_b, cov_b)
         try:
             kl = gaussian_kl(target, mean, cov) / target.dim
         except torch.linalg.LinAlgError:
             kl = torch.tensor(float("nan"), dtype=torch.float64)
-        if share < 1.0:
-            mm.update(mean_b, cov_b)
+        if mm:
+            mm.update(b, mean_b, cov_b)
         return kl
 
 
@@ -99,10 +104,10 @@ class RunningStatsMatching:
         self.weight = params.r_bn
         self.first_layer_weight = params.first_bn_multiplier
 
-    def initialise(self, k, per_block_feats) -> None:  # SRe2L matches each minibatch on its own
+    def initialise(self, k, per_block_feats, sizes) -> None:  # SRe2L matches each minibatch on its own
         pass
 
-    def layer_loss(self, k: int, l: int, feats: torch.Tensor, share: float) -> torch.Tensor:
+    def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
         running_mean, running_var = self.buffers[k][l]
         x = feats.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
         var, mean = torch.var_mean(x, dim=1, unbiased=False)
@@ -172,7 +177,7 @@ def distill(
                 for p in pixels:
                     t.model(render(p))
                     per_block.append(list(rec.inputs))
-                objective.initialise(k, per_block)
+                objective.initialise(k, per_block, [len(p) for p in pixels])
 
     curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "match", "ce")}
     total_steps = params.iterations * len(blocks)
@@ -183,7 +188,6 @@ def distill(
     for step in range(total_steps):
         it, b = divmod(step, len(blocks))
         p, y = pixels[b], labels[blocks[b]].to(device)
-        share = len(y) / n
         active = list(range(len(teachers))) if params.teacher_mode == "mean" else [it % len(teachers)]
         x = render(p)
         loss_match = torch.zeros((), dtype=torch.float64, device=device)
@@ -193,7 +197,7 @@ def distill(
             logits = t.model(x)
             loss_ce = loss_ce + F.cross_entropy(logits, y)
             for l, feats in enumerate(rec.inputs):
-                term = objective.layer_loss(k, l, feats, share)
+                term = objective.layer_loss(k, l, feats, b)
                 _check_finite(term, f"{'KL' if method == 'd3s' else 'BN loss'} of layer '{rec.names[l]}'", it + 1, t)
                 loss_match = loss_match + weights[l] * term
         loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)

@@ -109,41 +109,51 @@ def gaussian_kl(target: GaussianTarget, mean_s: torch.Tensor, cov_s: torch.Tenso
 
 
 class MovingMoments:
-    """Exponential moving average of a synthetic set's first and raw second moments.
+    """Whole-set statistics of a synthetic set that is optimised one minibatch (block) at a time.
 
-    When the synthetic set is larger than a minibatch, its whole-set statistics are estimated as
-    the live minibatch's moments (which carry the gradient) weighted by the minibatch's share of
-    the set, plus the detached moving average for the rest. Raw second moments (E[x x^T]) are
-    averaged, not covariances, so averaging equal-sized blocks gives the exact whole-set covariance.
+    The estimate is the size-weighted average of the live block's moments (which carry the
+    gradient) and the stored, detached moments of every other block. A block's stored moments are
+    an exponential moving average over its visits (`momentum`; 0 keeps the latest), which smooths
+    the random augmentation. Raw second moments E[x x^T] are averaged, not covariances, so the
+    average of the blocks is exactly the whole-set covariance. Memory: one D x D matrix per block.
     """
 
-    def __init__(self, momentum: float):
+    def __init__(self, momentum: float, sizes: list[int]):
         self.momentum = momentum
-        self.mean: torch.Tensor | None = None
+        self.weights = [n / sum(sizes) for n in sizes]
+        self.means: list[torch.Tensor] | None = None
+        self.seconds: list[torch.Tensor] | None = None
+        self.mean: torch.Tensor | None = None  # sum_i w_i mean_i (kept in step with the blocks)
         self.second: torch.Tensor | None = None
 
     @torch.no_grad()
     def initialise(self, block_moments: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Start from the exact average of every block's (mean, covariance) (equal-sized blocks)."""
-        means = torch.stack([m for m, _ in block_moments])
-        seconds = torch.stack([c + torch.outer(m, m) for m, c in block_moments])
-        self.mean, self.second = means.mean(0), seconds.mean(0)
+        """Store every block's (mean, covariance): the estimate then equals the exact whole-set statistics."""
+        if len(block_moments) != len(self.weights):
+            raise ValueError(f"{len(block_moments)} blocks given, {len(self.weights)} expected")
+        self.means = [m.detach().clone() for m, _ in block_moments]
+        self.seconds = [(c + torch.outer(m, m)).detach().clone() for m, c in block_moments]
+        self.mean = sum(w * m for w, m in zip(self.weights, self.means))
+        self.second = sum(w * s for w, s in zip(self.weights, self.seconds))
 
-    def combine(self, mean_b: torch.Tensor, cov_b: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-set (mean, covariance) estimate; gradients flow through the live block only."""
-        if self.mean is None or share >= 1.0:
+    def combine(self, b: int, mean_b: torch.Tensor, cov_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-set (mean, covariance) with block `b` live; gradients flow through the live block only."""
+        if self.means is None or len(self.weights) == 1:
             return mean_b, cov_b
+        w = self.weights[b]
         second_b = cov_b + torch.outer(mean_b, mean_b)
-        mean = share * mean_b + (1 - share) * self.mean
-        second = share * second_b + (1 - share) * self.second
+        mean = self.mean + w * (mean_b - self.means[b])
+        second = self.second + w * (second_b - self.seconds[b])
         return mean, second - torch.outer(mean, mean)
 
     @torch.no_grad()
-    def update(self, mean_b: torch.Tensor, cov_b: torch.Tensor) -> None:
-        second_b = cov_b + torch.outer(mean_b, mean_b)
-        if self.mean is None:
-            self.mean, self.second = mean_b.detach().clone(), second_b.detach().clone()
-            return
-        m = self.momentum
-        self.mean.mul_(m).add_(mean_b.detach(), alpha=1 - m)
-        self.second.mul_(m).add_(second_b.detach(), alpha=1 - m)
+    def update(self, b: int, mean_b: torch.Tensor, cov_b: torch.Tensor) -> None:
+        """Fold the live block's moments into its stored ones (after its optimisation step's forward)."""
+        if self.means is None:
+            raise RuntimeError("MovingMoments.update before initialise")
+        m, w = self.momentum, self.weights[b]
+        new_mean = m * self.means[b] + (1 - m) * mean_b.detach()
+        new_second = m * self.seconds[b] + (1 - m) * (cov_b + torch.outer(mean_b, mean_b)).detach()
+        self.mean += w * (new_mean - self.means[b])
+        self.second += w * (new_second - self.seconds[b])
+        self.means[b], self.seconds[b] = new_mean, new_second

@@ -155,8 +155,31 @@ def eval_files(wildcards):
     return files
 
 
+def synthetic_images(wildcards):
+    """The images artifacts of the synthesising methods (they carry loss curves)."""
+    return [
+        f"results/{wildcards.dataset}/{m}/ipc{i}/images.h5"
+        for m in config["methods"]
+        if m in ("d3s", "sre2l")
+        for i in config["ipcs"]
+    ]
+
+
 def final_outputs():
-    return [f"{RESULTS}/summary.tsv", f"{RESULTS}/summary.md"]
+    outputs = [
+        f"{RESULTS}/summary.tsv",
+        f"{RESULTS}/summary.md",
+        f"{RESULTS}/plots/accuracy.png",
+    ]
+    if any(m in ("d3s", "sre2l") for m in config["methods"]):
+        outputs.append(f"{RESULTS}/plots/losses.png")
+    outputs += [
+        f"{RESULTS}/plots/images_{m}_ipc{i}.png"
+        for m in config["methods"]
+        if m != "full"
+        for i in config["ipcs"]
+    ]
+    return outputs
 
 
 # Portable resources only; partitions, accounts and GPU models belong in profiles/slurm.

@@ -59,6 +59,8 @@ rule select_real:
         "results/{dataset}/random/ipc{ipc}/images.h5",
     log:
         "logs/select_real/{dataset}/ipc{ipc}.log",
+    benchmark:
+        "logs/bench/select_real/{dataset}/ipc{ipc}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1

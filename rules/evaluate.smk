@@ -57,7 +57,11 @@ rule summarize:
         results=eval_files,
         teachers=teacher_files,
     output:
-        tsv="results/{dataset}/summary.tsv",
+        tsv=report(
+            "results/{dataset}/summary.tsv",
+            caption="../report/summary.rst",
+            category="Results",
+        ),
         md="results/{dataset}/summary.md",
     log:
         "logs/summarize/{dataset}.log",

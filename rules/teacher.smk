@@ -3,6 +3,8 @@ rule dataset_info:
         "results/{dataset}/dataset.json",
     log:
         "logs/dataset_info/{dataset}.log",
+    benchmark:
+        "logs/bench/dataset_info/{dataset}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -50,6 +52,8 @@ rule import_teacher:
         "results/{dataset}/teachers/pretrained/{name}.h5",
     log:
         "logs/import_teacher/{dataset}/{name}.log",
+    benchmark:
+        "logs/bench/import_teacher/{dataset}/{name}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2

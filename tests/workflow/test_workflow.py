@@ -95,7 +95,7 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     workdir, config = finished_run
     changed = {**config, "evaluate": {**config["evaluate"], "lr": 0.01}}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"evaluate_student": 12, "evaluate_full": 2, "summarize": 1, "all": 1}
+    assert jobs == {"evaluate_student": 12, "evaluate_full": 2, "summarize": 1, "plot_accuracy": 1, "all": 1}
 
 
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
@@ -112,7 +112,7 @@ def test_changing_relabel_keeps_distilled_images(finished_run):
     workdir, config = finished_run
     changed = {**config, "relabel": {"epochs": 31}}
     jobs = planned_jobs(workdir, changed)
-    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "all"} and jobs["relabel"] == 6
+    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 6
 
 
 def test_changing_the_teacher_reruns_everything(finished_run):

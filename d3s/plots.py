@@ -1,0 +1,102 @@
+"""Figures a user reads: accuracy vs IPC per method, distillation loss curves, image grids."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .artifacts import atomic_path  # noqa: E402
+from .errors import D3SError  # noqa: E402
+from .synthetic import load_synthetic  # noqa: E402
+
+METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^")}
+
+
+def _save(fig, out: str) -> None:
+    suffix = Path(out).suffix or ".png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_accuracy(summary_tsv: str, out: str) -> None:
+    """Top-1 (mean +- std over seeds) against IPC, one line per (method, student); `full` as a band."""
+    with open(summary_tsv) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        raise D3SError(f"{summary_tsv}: no rows to plot")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    students = sorted({r["student"] for r in rows})
+    for student in students:
+        for method, (label, colour, marker) in METHOD_STYLE.items():
+            pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"]))
+                         for r in rows if r["method"] == method and r["student"] == student and r["ipc"] != "all")
+            if not pts:
+                continue
+            x, y, e = map(np.asarray, zip(*pts))
+            name = label if len(students) == 1 else f"{label} ({student})"
+            ax.errorbar(x, y, yerr=e, label=name, color=colour, marker=marker, capsize=3)
+        for r in rows:
+            if r["method"] == "full" and r["student"] == student:
+                m, s = float(r["top1_mean"]), float(r["top1_std"])
+                ax.axhspan(m - s, m + s, color="0.85")
+                ax.axhline(m, color="0.4", ls="--", label="full data" if len(students) == 1 else f"full ({student})")
+    teacher = next((r["teacher_top1"] for r in rows if r.get("teacher_top1")), "")
+    if teacher:
+        ax.axhline(float(teacher), color="k", ls=":", label="teacher")
+    ax.set_xscale("log")
+    ipcs = sorted({int(r["ipc"]) for r in rows if r["ipc"] != "all"})
+    ax.set_xticks(ipcs, [str(i) for i in ipcs])
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel("student top-1 on the real test set (%)")
+    ax.set_title(f"{rows[0]['dataset']}: final-epoch accuracy, mean ± std over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_losses(images_paths: list[str], out: str) -> None:
+    """Distillation loss curves (total, matching term, CE) of every shard of every set."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for path in images_paths:
+        s = load_synthetic(path)
+        if not s.loss_curves:
+            continue
+        ipc = s.ipc_range[1] - s.ipc_range[0]
+        for block, curves in s.loss_curves.items():
+            for ax, key in zip(axes, ("total", "match", "ce")):
+                if key in curves:
+                    ax.plot(curves[key], lw=1, label=f"{s.method} IPC {ipc} {block}")
+    for ax, title in zip(axes, ("total loss", "statistics matching (KL or BN)", "cross-entropy")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    _save(fig, out)
+
+
+def plot_images(images_path: str, out: str, max_classes: int = 20, max_ipc: int = 10) -> None:
+    """A grid of distilled images: one row per class, one column per IPC index."""
+    s = load_synthetic(images_path)
+    classes = min(len(s.classes), max_classes)
+    ipc = min(s.ipc_range[1], max_ipc)
+    h, w, c = s.images.shape[1:]
+    grid = np.full((classes * (h + 1), ipc * (w + 1), c), 255, dtype=np.uint8)
+    for img, label, i in zip(s.images, s.labels, s.ipc_index):
+        if label < classes and i < ipc:
+            grid[label * (h + 1):label * (h + 1) + h, i * (w + 1):i * (w + 1) + w] = img
+    fig, ax = plt.subplots(figsize=(max(2.0, ipc * 0.6 + 1), max(2.0, classes * 0.6)))
+    ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+    ax.set_yticks([r * (h + 1) + h / 2 for r in range(classes)], s.classes[:classes], fontsize=7)
+    ax.set_xticks([i * (w + 1) + w / 2 for i in range(ipc)], [str(i) for i in range(ipc)], fontsize=7)
+    ax.set_xlabel("IPC index")
+    ax.set_title(f"{s.method}, IPC {s.ipc_range[1]}" + (f" (first {classes} classes)" if classes < len(s.classes) else ""),
+                 fontsize=9)
+    _save(fig, out)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import D3SError
 from .hparams import DistillParams
-from .gaussian import GaussianTarget, MovingMoments, batch_moments, feature_samples, gaussian_kl, gaussian_target
+from .gaussian import GaussianTarget, MovingMoments, feature_moments, gaussian_kl, gaussian_target
 from .runtime import generator, log, log_every, progress
 from .stats import BNInputRecorder, LayerStats
 from .synthetic import SyntheticSet
@@ -70,7 +70,7 @@ class GaussianMatching:
         return torch.diag_embed(torch.diagonal(cov)) if self.diagonal else cov
 
     def moments(self, feats: torch.Tensor):
-        mean, cov = batch_moments(feature_samples(feats.float(), self.pooling))
+        mean, cov = feature_moments(feats.float(), self.pooling)
         return mean, self._shape(cov)
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
 from .data import DatasetSpec, load_dataset
 from .errors import D3SError
-from .gaussian import MomentAccumulator, feature_samples
+from .gaussian import MomentAccumulator
 from .models import bn_layers
 from .runtime import log, log_every, progress
 from .teacher import Teacher
@@ -76,7 +76,7 @@ def extract_stats(
         for step, (x, _) in enumerate(progress(loader, desc="stats")):
             model(resize(normalizer.from_uint8(x.to(device)), teacher.image_size))
             for acc, feats in zip(accs, rec.inputs):
-                acc.update(feature_samples(feats.float(), pooling))
+                acc.update_features(feats.float(), pooling)
             if (step + 1) % every == 0:
                 log.info("stats: %d/%d batches", step + 1, len(loader))
         names = rec.names

@@ -11,6 +11,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from d3s.gaussian import (
     MomentAccumulator,
     MovingMoments,
+    feature_moments,
     batch_moments,
     feature_samples,
     gaussian_kl,
@@ -326,3 +327,29 @@ def test_moving_moments_gradients_flow_through_live_block_only():
     assert all(m.grad_fn is None for m in mm.means) and all(s.grad_fn is None for s in mm.seconds)
     with pytest.raises(RuntimeError, match="before initialise"):
         MovingMoments(0.5, [4, 4]).update(0, mean_b, cov_b)
+
+
+@pytest.mark.parametrize("pooling", ["positions", "image"])
+def test_feature_moments_equal_batch_moments_of_the_samples(pooling):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(6, 5, 4, 3, generator=g) * 2 + 1).requires_grad_()
+    fast_mean, fast_cov = feature_moments(x, pooling)
+    ref_mean, ref_cov = batch_moments(feature_samples(x, pooling))
+    torch.testing.assert_close(fast_mean, ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_cov, ref_cov, rtol=1e-4, atol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast_cov.sum() + fast_mean.sum(), x)
+    (g_ref,) = torch.autograd.grad(ref_cov.sum() + ref_mean.sum(), x)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_moment_accumulator_from_feature_maps_matches_numpy():
+    """update_features (the statistics pass's path) over batches of feature maps equals numpy on all positions."""
+    g = torch.Generator().manual_seed(5)
+    maps = [torch.randn(b, 6, 4, 3, generator=g) * 3 + 20 for b in (7, 1, 12)]
+    acc = MomentAccumulator(6)
+    for m in maps:
+        acc.update_features(m, "positions")
+    rows = np.concatenate([m.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy() for m in maps])
+    assert acc.count == len(rows)
+    np.testing.assert_allclose(acc.mean.numpy(), rows.mean(0), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(acc.covariance().numpy(), np.cov(rows, rowvar=False, bias=True), rtol=1e-4, atol=1e-4)

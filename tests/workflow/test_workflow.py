@@ -199,3 +199,16 @@ def test_a_new_dataset_by_config_only_runs_the_whole_dag(tmp_path):
     assert len(rows) == 3 and rows[1].split("\t")[:3] == ["my_images", "d3s", "1"]
     info = json.loads((tmp_path / "results/my_images/dataset.json").read_text())
     assert info["classes"] == ["class_0", "class_1", "class_2"] and info["n_train"] == 36 and info["channels"] == 3
+
+
+def test_plots_and_report(finished_run, tmp_path):
+    workdir, config = finished_run
+    plots = workdir / "results/digits/plots"
+    expected = {"accuracy.png", "losses.png"} | {f"images_{m}_ipc{i}.png" for m in ("d3s", "sre2l", "random") for i in (1, 2)}
+    assert expected <= {p.name for p in plots.iterdir()}
+    for name in expected:
+        assert (plots / name).stat().st_size > 5000, name  # a real figure, not an empty file
+    report = workdir / "report.html"
+    snakemake(workdir, "--report", str(report), config=config)
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000 and "accuracy.png" in html and "summary.tsv" in html

@@ -49,16 +49,35 @@ def _runtime_options(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, device, threads, verbose, **kwargs):
+        from .checkpoint import EXIT_PREEMPTED, Preempted, install_stop_handlers
         from .runtime import configure, resolve_device, setup_logging
 
         setup_logging(verbose)
         configure(threads, kwargs.get("seed"))
+        install_stop_handlers()
         try:
             return fn(*args, device=resolve_device(device), threads=threads or 0, **kwargs)
         except D3SError as e:
             raise click.ClickException(str(e)) from None
+        except Preempted as e:
+            click.echo(f"Preempted: {e}", err=True)
+            sys.exit(EXIT_PREEMPTED)
 
     return wrapper
+
+
+def _resume_options(every: int, unit: str):
+    """--resume-dir / --checkpoint-every: periodic checkpoints a restarted job continues from."""
+
+    def deco(fn):
+        fn = click.option("--checkpoint-every", type=int, default=every, show_default=True,
+                          help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on SIGTERM/SIGUSR1)")(fn)
+        fn = click.option("--resume-dir", type=click.Path(file_okay=False), default=None,
+                          help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
+                               "checkpoint of the same config, inputs, class order and code; removed after success")(fn)
+        return fn
+
+    return deco
 
 
 def _data_option(fn):
@@ -111,8 +130,9 @@ def dataset_info_cmd(data, out, device, threads):
 @click.option("--seed", type=int, default=0, help="seed for initialisation, batch order and augmentation")
 @click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
 @_hparam_options(RealTrainingParams)
+@_resume_options(5, "epochs")
 @_runtime_options
-def train_teacher_cmd(data, info, arch, seed, out, device, threads, **kw):
+def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every, device, threads, **kw):
     """Train a teacher on the real training set; record its test accuracy.
 
     Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
@@ -121,7 +141,8 @@ def train_teacher_cmd(data, info, arch, seed, out, device, threads, **kw):
     from .data import DatasetSpec
     from .teacher import train_teacher
 
-    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info)
+    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info,
+                  resume_dir, checkpoint_every)
 
 
 @main.command("import-teacher")
@@ -175,13 +196,16 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
+@_resume_options(500, "optimisation steps")
 @_runtime_options
-def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, out, device, threads, **kw):
+def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, out, resume_dir,
+                checkpoint_every, device, threads, **kw):
     """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
     plus cross-entropy; writes uint8 images, labels and the loss curve.
     """
+    from .checkpoint import Checkpointer
     from .distill import distill
     from .stats import load_stats, stats_pooling
     from .synthetic import save_synthetic
@@ -192,10 +216,17 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
     loaded = load_teachers(list(teachers), device)
     layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if method == "d3s" else None
     pooling = stats_pooling(list(stats)) if method == "d3s" else "positions"
-    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, _take(DistillParams, kw), seed, device,
-                     class_start, class_end, method)
+    params = _take(DistillParams, kw)
+    checkpoint = Checkpointer(resume_dir, {
+        "stage": "distill", "method": method, "params": dataclasses.asdict(params), "pooling": pooling, "seed": seed,
+        "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes,
+        "shard": [ipc_start, ipc_end, class_start, class_end],
+    }, checkpoint_every)
+    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, params, seed, device,
+                     class_start, class_end, method, checkpoint)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
+    checkpoint.clear()
 
 
 @main.command("select-real")
@@ -259,8 +290,9 @@ def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
+@_resume_options(50, "epochs")
 @_runtime_options
-def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, device, threads, **kw):
+def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_dir, checkpoint_every, device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
     from .data import DatasetSpec
     from .evaluate import run_evaluate
@@ -268,7 +300,8 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, device,
 
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
-                 threads, meta={"dataset": dataset_name or spec.name})
+                 threads, meta={"dataset": dataset_name or spec.name}, resume_dir=resume_dir,
+                 checkpoint_every=checkpoint_every)
 
 
 @main.command("evaluate-full")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import Checkpointer
 from .errors import D3SError
 from .hparams import DistillParams
 from .gaussian import GaussianTarget, MovingMoments, feature_moments, gaussian_kl, gaussian_target
@@ -73,6 +74,17 @@ class GaussianMatching:
         mean, cov = feature_moments(feats.float(), self.pooling)
         return mean, self._shape(cov)
 
+    def state_dict(self) -> dict:
+        return {"moving": [[mm.state_dict() for mm in layers] for layers in self.moving]}
+
+    def load_state_dict(self, state: dict, n_teachers: int, sizes: list[int], device) -> None:
+        self.moving = []
+        for layers in state["moving"]:
+            restored = [MovingMoments(self.momentum, sizes) for _ in layers]
+            for mm, saved in zip(restored, layers):
+                mm.load_state_dict(saved, device)
+            self.moving.append(restored)
+
     @torch.no_grad()
     def initialise(self, k: int, per_block_feats: list[list[torch.Tensor]], sizes: list[int]) -> None:
         if len(self.moving) <= k:
@@ -107,6 +119,12 @@ class RunningStatsMatching:
     def initialise(self, k, per_block_feats, sizes) -> None:  # SRe2L matches each minibatch on its own
         pass
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state, n_teachers, sizes, device) -> None:
+        pass
+
     def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
         running_mean, running_var = self.buffers[k][l]
         x = feats.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
@@ -126,6 +144,7 @@ def distill(
     class_start: int = 0,
     class_end: int | None = None,
     method: str = "d3s",
+    checkpoint: Checkpointer | None = None,
 ) -> SyntheticSet:
     if not 0 <= ipc_start < ipc_end:
         raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
@@ -170,7 +189,9 @@ def distill(
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         return apply_views(x, boxes, flips, size)
 
-    if len(blocks) > 1:  # start every moving average at the exact whole-set statistics
+    checkpoint = checkpoint or Checkpointer(None, {}, 0)
+    state = checkpoint.load()
+    if state is None and len(blocks) > 1:  # start the whole-set statistics exact
         with torch.no_grad():
             for k, (t, rec) in enumerate(zip(teachers, recorders)):
                 per_block = []
@@ -181,11 +202,37 @@ def distill(
 
     curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "match", "ce")}
     total_steps = params.iterations * len(blocks)
+    start_step = 0
+
+    def snapshot(step: int) -> dict:
+        """Everything the loop needs to continue bit-identically after `step` completed steps."""
+        return {
+            "step": step,
+            "pixels": [p.detach().cpu().clone() for p in pixels],
+            "optimisers": [o.state_dict() for o in optimisers],
+            "schedules": [sch.state_dict() for sch in schedules],
+            "g_aug": g_aug.get_state(),
+            "objective": objective.state_dict(),
+            "curves": {k: torch.from_numpy(v.copy()) for k, v in curves.items()},
+        }
+
+    if state is not None:
+        start_step = int(state["step"])
+        with torch.no_grad():
+            for p, saved in zip(pixels, state["pixels"]):
+                p.copy_(saved.to(device))
+        for o, saved in zip(optimisers, state["optimisers"]):
+            o.load_state_dict(saved)
+        for sch, saved in zip(schedules, state["schedules"]):
+            sch.load_state_dict(saved)
+        g_aug.set_state(state["g_aug"])
+        objective.load_state_dict(state["objective"], len(teachers), [len(p) for p in pixels], device)
+        curves = {k: v.numpy().copy() for k, v in state["curves"].items()}
     every = log_every(params.iterations)
-    bar = progress(total=total_steps, desc=f"{method} ipc {ipc_start}-{ipc_end}")
+    bar = progress(total=total_steps, initial=start_step, desc=f"{method} ipc {ipc_start}-{ipc_end}")
     log.info("%s: %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
              method, n, ipc_start, ipc_end - 1, class_start, class_end - 1, len(blocks), params.iterations, len(teachers))
-    for step in range(total_steps):
+    for step in range(start_step, total_steps):
         it, b = divmod(step, len(blocks))
         p, y = pixels[b], labels[blocks[b]].to(device)
         active = list(range(len(teachers))) if params.teacher_mode == "mean" else [it % len(teachers)]
@@ -218,6 +265,9 @@ def distill(
             bar.set_postfix(loss=f"{curves['total'][it]:.4f}")
             log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations,
                      curves["total"][it], "kl" if method == "d3s" else "bn", curves["match"][it], curves["ce"][it])
+        if checkpoint.due(step + 1) and step + 1 < total_steps:
+            checkpoint.save(snapshot(step + 1))
+        checkpoint.maybe_stop(lambda: snapshot(step + 1))
     bar.close()
     for rec in recorders:
         rec.__exit__(None, None, None)

@@ -21,7 +21,8 @@ from .data import DatasetSpec, load_dataset, training_sampler
 from .errors import D3SError
 from .hparams import EvalParams
 from .models import build_model
-from .relabel import SoftLabelStore
+from .checkpoint import Checkpointer
+from .relabel import SoftLabelStore, images_digest
 from .runtime import generator, log, log_every, progress
 from .synthetic import SyntheticSet
 from .teacher import Teacher
@@ -45,6 +46,7 @@ def train_student(
     params: EvalParams,
     seed: int,
     device: torch.device,
+    checkpoint: Checkpointer | None = None,
 ) -> torch.nn.Module:
     if params.label_mode not in ("soft", "hard"):
         raise D3SError(f"evaluate: label_mode must be 'soft' or 'hard', got {params.label_mode!r}")
@@ -62,7 +64,22 @@ def train_student(
     g = generator(seed, 30)
     every = log_every(params.epochs, 10)
     scale = (params.crop_scale_min, params.crop_scale_max)
-    for epoch in progress(range(params.epochs), desc="student"):
+    checkpoint = checkpoint or Checkpointer(None, {}, 0)
+
+    def snapshot(epoch: int) -> dict:
+        return {"step": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "schedule": schedule.state_dict(), "g": g.get_state(), "torch_rng": torch.get_rng_state()}
+
+    start_epoch = 0
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        g.set_state(state["g"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = int(state["step"])
+    for epoch in progress(range(start_epoch, params.epochs), desc="student", initial=start_epoch, total=params.epochs):
         if params.label_mode == "soft":
             boxes, flips, logits = store.epoch(epoch)
         else:
@@ -84,6 +101,9 @@ def train_student(
             total += loss.item() * len(idx)
         if (epoch + 1) % every == 0:
             log.info("student epoch %d/%d  loss %.4f", epoch + 1, params.epochs, total / n)
+        if checkpoint.due(epoch + 1) and epoch + 1 < params.epochs:
+            checkpoint.save(snapshot(epoch + 1))
+        checkpoint.maybe_stop(lambda: snapshot(epoch + 1))
     return model
 
 
@@ -99,6 +119,8 @@ def run_evaluate(
     device: torch.device,
     threads: int = 0,
     meta: dict | None = None,
+    resume_dir: str | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     data = load_dataset(spec)
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
@@ -109,8 +131,12 @@ def run_evaluate(
         store = SoftLabelStore(labels_path, synthetic, images_path)
         if params.epochs > store.epochs:
             log.warning("student trains %d epochs on %d label epochs: labels are cycled", params.epochs, store.epochs)
+    checkpoint = Checkpointer(resume_dir, {
+        "stage": "evaluate", "student": student_arch, "params": asdict(params), "seed": seed, "classes": synthetic.classes,
+        "images": images_digest(synthetic.images), "labels": store.config if store else None,
+    }, checkpoint_every)
     t0 = time.perf_counter()
-    model = train_student(synthetic, store, student_arch, params, seed, device)
+    model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
     train_seconds = time.perf_counter() - t0
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
     protocol = {
@@ -121,12 +147,14 @@ def run_evaluate(
     }
     if store:
         store.close()
-    return _write_result(
+    result = _write_result(
         model, data, normalizer, out, device, threads, meta, method=synthetic.method,
         ipc=int(synthetic.ipc_range[1] - synthetic.ipc_range[0]), student=student_arch, seed=seed,
         n_images=len(synthetic.labels), train_seconds=train_seconds, protocol=protocol,
         inputs={"images": images_path, "labels": labels_path, "teachers": synthetic.teachers, "dataset": spec.to_dict()},
     )
+    checkpoint.clear()
+    return result
 
 
 def run_evaluate_full(

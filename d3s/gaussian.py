@@ -178,6 +178,19 @@ class MovingMoments:
         second = self.second + w * (second_b - self.seconds[b])
         return mean, second - torch.outer(mean, mean)
 
+    def state_dict(self) -> dict:
+        if self.means is None:
+            return {}
+        cpu = lambda ts: [t.cpu() for t in ts]  # noqa: E731
+        return {"means": cpu(self.means), "seconds": cpu(self.seconds), "mean": self.mean.cpu(), "second": self.second.cpu()}
+
+    def load_state_dict(self, state: dict, device="cpu") -> None:
+        if not state:
+            return
+        self.means = [t.to(device) for t in state["means"]]
+        self.seconds = [t.to(device) for t in state["seconds"]]
+        self.mean, self.second = state["mean"].to(device), state["second"].to(device)
+
     @torch.no_grad()
     def update(self, b: int, mean_b: torch.Tensor, cov_b: torch.Tensor) -> None:
         """Fold the live block's moments into its stored ones (after its optimisation step's forward)."""

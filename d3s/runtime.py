@@ -42,9 +42,9 @@ def generator(seed: int, *salt: int) -> torch.Generator:
     return g
 
 
-def progress(iterable=None, total=None, desc: str = ""):
+def progress(iterable=None, total=None, desc: str = "", **kwargs):
     """A progress bar on a terminal; periodic log lines (see `log_every`) cover log files."""
-    return tqdm(iterable, total=total, desc=desc, disable=None, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(iterable, total=total, desc=desc, disable=None, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
 
 
 def log_every(total: int, lines: int = 20) -> int:

@@ -19,6 +19,7 @@ from torch import nn
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
 from .data import DatasetSpec, LoadedDataset, channel_moments, load_dataset
 from .dataset_info import read_dataset_info
+from .checkpoint import Checkpointer
 from .errors import D3SError
 from .models import bn_layers, build_model
 from .hparams import RealTrainingParams
@@ -107,18 +108,25 @@ def train_teacher(
     device: torch.device,
     threads: int = 0,
     info: str | None = None,
+    resume_dir: str | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     data = load_dataset(spec)
     mean, std, norm_source = normalisation(data, info, threads)
+    checkpoint = Checkpointer(resume_dir, {"stage": "train-teacher", "arch": arch, "params": asdict(params), "seed": seed,
+                                           "dataset": spec.to_dict(), "classes": data.classes, "mean": mean, "std": std},
+                              checkpoint_every)
     torch.manual_seed(seed)
     model = build_model(arch, data.num_classes, data.channels, data.image_size)
     bn_layers(model, f"architecture '{arch}'")
     log.info("training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
              arch, sum(p.numel() for p in model.parameters()), len(data.train), spec.name, data.num_classes, data.image_size)
     losses = train_on_real(model, data.train, Normalizer(mean, std, device), data.image_size, spec.crop_scale, spec.hflip,
-                           params, seed, device, data.loader_workers(threads))
-    return _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "normalisation": norm_source, **asdict(params)},
-                          seed, {}, device, threads, losses)
+                           params, seed, device, data.loader_workers(threads), checkpoint)
+    result = _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "normalisation": norm_source, **asdict(params)},
+                            seed, {}, device, threads, losses)
+    checkpoint.clear()
+    return result
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

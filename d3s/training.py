@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import Checkpointer
 from .data import training_sampler
 from .hparams import RealTrainingParams
 from .runtime import generator, log, log_every, progress
@@ -65,22 +66,46 @@ def train_on_real(
     seed: int,
     device: torch.device,
     workers: int = 0,
+    checkpoint: Checkpointer | None = None,
 ) -> list[float]:
-    """Hard-label training on real images with random-resized-crop (+ flip); returns per-epoch loss."""
+    """Hard-label training on real images with random-resized-crop (+ flip); returns per-epoch loss.
+
+    With a checkpointer, state is saved at epoch ends (every `checkpoint.every` epochs, and on a
+    stop signal) and a restart continues from the last saved epoch bit-identically on the CPU.
+    """
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
+    order_rng = generator(seed, 1)
     loader = DataLoader(
-        train, batch_size=params.batch_size, sampler=training_sampler(train, generator(seed, 1)),
+        train, batch_size=params.batch_size, sampler=training_sampler(train, order_rng),
         drop_last=len(train) > params.batch_size, num_workers=workers, persistent_workers=workers > 0,
     )
     steps = params.epochs * len(loader)
     schedule = cosine_schedule(optimizer, steps, params.warmup_epochs * len(loader))
     views_rng = generator(seed, 2)
-    losses = []
+    losses: list[float] = []
+    checkpoint = checkpoint or Checkpointer(None, {}, 0)
+    start_epoch = 0
+
+    def snapshot(epoch: int) -> dict:
+        return {"step": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(), "views_rng": views_rng.get_state(),
+                "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses, dtype=torch.float64)}
+
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        order_rng.set_state(state["order_rng"])
+        views_rng.set_state(state["views_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        losses = state["losses"].tolist()
+        start_epoch = int(state["step"])
     every = log_every(steps, 20)  # progress lines by step: one epoch of a large dataset is long
-    step = 0
-    bar = progress(total=steps, desc="teacher")
-    for epoch in range(params.epochs):
+    step = start_epoch * len(loader)
+    bar = progress(total=steps, initial=step, desc="teacher")
+    for epoch in range(start_epoch, params.epochs):
         total, count = 0.0, 0
         for x, y in loader:
             x = normalizer.from_uint8(x.to(device))
@@ -99,5 +124,8 @@ def train_on_real(
                 log.info("epoch %d/%d  step %d/%d  loss %.4f  lr %.4g", epoch + 1, params.epochs, step, steps,
                          total / count, schedule.get_last_lr()[0])
         losses.append(total / count)
+        if checkpoint.due(epoch + 1) and epoch + 1 < params.epochs:
+            checkpoint.save(snapshot(epoch + 1))
+        checkpoint.maybe_stop(lambda: snapshot(epoch + 1))
     bar.close()
     return losses

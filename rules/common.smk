@@ -211,3 +211,13 @@ def print_summary(paths):
         if path.endswith(".md") and os.path.exists(path):
             print(f"\n{path}:\n")
             print(open(path).read())
+
+
+def resume_dir(rule):
+    """Sidecar checkpoint folder of a job: not a declared output, so a failed job keeps it."""
+
+    def path(wildcards):
+        parts = ",".join(f"{k}={v}" for k, v in sorted(wildcards.items()))
+        return f"work/ckpt/{rule}/{parts}"
+
+    return path

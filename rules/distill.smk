@@ -16,6 +16,7 @@ rule distill_shard:
         mem_mb=8000,
         runtime=runtime_minutes(480),
     params:
+        resume_dir=resume_dir("distill_shard"),
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
         classes=class_options,
@@ -26,6 +27,7 @@ rule distill_shard:
         "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
+        "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
 

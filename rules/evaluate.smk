@@ -16,13 +16,15 @@ rule evaluate_student:
         mem_mb=8000,
         runtime=runtime_minutes(480),
     params:
+        resume_dir=resume_dir("evaluate_student"),
         data=dataset_spec,
         opts=cli_options("evaluate"),
         device=config["device"],
     shell:
         "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
-        "{params.opts} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
+        "--out {output} > {log} 2>&1"
 
 
 rule evaluate_full:

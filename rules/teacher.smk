@@ -35,12 +35,14 @@ rule train_teacher:
         mem_mb=8000,
         runtime=runtime_minutes(240),
     params:
+        resume_dir=resume_dir("train_teacher"),
         data=dataset_spec,
         opts=cli_options("teacher"),
         device=config["device"],
     shell:
         "d3s train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
         "--seed {wildcards.tseed} {params.opts} --device {params.device} --threads {threads} "
+        "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
 

@@ -1,0 +1,150 @@
+"""Long stages survive being killed: SIGKILL then restart, SIGTERM (checkpoint + exit 75), stale checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from d3s.checkpoint import EXIT_PREEMPTED
+from d3s.synthetic import load_synthetic
+
+from ..conftest import run_cli
+
+ITERATIONS = "250"  # x 3 minibatches: a few seconds of work, long enough to interrupt
+
+
+def _distill_args(tiny, out, *extra):
+    return ["distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "2", "--batch-size", "7",
+            "--iterations", ITERATIONS, "--out", out, "--device", "cpu", "--threads", "1", *extra]
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "-m", "d3s", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_line(proc, text: str) -> str:
+    """Read the job's output until a line containing `text` (it is then past start-up, mid-loop)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"the job ended without printing {text!r}:\n" + "".join(seen))
+
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "the job ended before a checkpoint appeared:\n" + proc.stdout.read()
+        assert time.time() - t0 < timeout, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    run_cli(*_distill_args(tiny, out))
+    return load_synthetic(out)
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a.images, b.images)
+    for block in a.loss_curves:
+        for key in a.loss_curves[block]:
+            np.testing.assert_array_equal(a.loss_curves[block][key], b.loss_curves[block][key])
+
+
+def test_sigkill_then_restart_gives_the_uninterrupted_result(tiny, reference, tmp_path):
+    resume, out = tmp_path / "ckpt", tmp_path / "out.h5"
+    args = _distill_args(tiny, out, "--resume-dir", resume, "--checkpoint-every", "60")
+    proc = _start(args)
+    _wait_for(resume / "state.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+    _assert_same(reference, load_synthetic(out))  # bit-identical on the CPU
+    assert not resume.exists(), "the checkpoint is removed once the artifact is written"
+
+
+def test_sigterm_checkpoints_and_exits_for_a_retry(tiny, reference, tmp_path):
+    resume, out = tmp_path / "ckpt", tmp_path / "out.h5"
+    args = _distill_args(tiny, out, "--resume-dir", resume, "--checkpoint-every", "0")  # only the signal's checkpoint
+    proc = _start(args)
+    _wait_for_line(proc, "iteration 1/")  # inside the optimisation loop
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_PREEMPTED, output
+    assert "Preempted: stopped by signal" in output and (resume / "state.pt").exists() and not out.exists()
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same(reference, load_synthetic(out))
+
+
+def test_checkpoint_of_another_config_is_not_reused(tiny, tmp_path):
+    resume = tmp_path / "ckpt"
+    proc = _start(_distill_args(tiny, tmp_path / "a.h5", "--resume-dir", resume, "--checkpoint-every", "30"))
+    _wait_for(resume / "state.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    changed = _distill_args(tiny, tmp_path / "b.h5", "--resume-dir", resume, "--lr", "0.05")
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, changed)], capture_output=True, text=True)
+    assert done.returncode == 0 and "was made with a different params: starting over" in done.stderr
+    fresh = tmp_path / "c.h5"
+    run_cli(*_distill_args(tiny, fresh, "--lr", "0.05"))
+    _assert_same(load_synthetic(fresh), load_synthetic(tmp_path / "b.h5"))
+
+
+def test_teacher_training_killed_and_restarted_gives_the_same_teacher(tmp_path):
+    from d3s.teacher import load_teacher
+
+    from ..conftest import DIGITS
+
+    def args(out, *extra):
+        return ["train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "3", "--epochs", "12",
+                "--out", out, "--device", "cpu", "--threads", "1", *extra]
+
+    run_cli(*args(tmp_path / "ref.h5"))
+    resume, out = tmp_path / "ckpt", tmp_path / "t.h5"
+    proc = _start(args(out, "--resume-dir", resume, "--checkpoint-every", "2"))
+    _wait_for(resume / "state.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
+    assert load_teacher(out).weights_sha256 == load_teacher(tmp_path / "ref.h5").weights_sha256
+    assert not resume.exists()
+
+
+def test_student_evaluation_resumes_after_sigterm(tiny, tmp_path):
+    import json
+
+    from ..conftest import DIGITS
+
+    def args(out, *extra):
+        return ["evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
+                "--student", "convnet3_w32", "--epochs", "3000", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+
+    run_cli(*args(tmp_path / "ref.json"))
+    resume, out = tmp_path / "ckpt", tmp_path / "r.json"
+    proc = _start(args(out, "--resume-dir", resume, "--checkpoint-every", "0"))
+    _wait_for_line(proc, "student epoch 300/3000")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_PREEMPTED, output
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume, "--checkpoint-every", "0"))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
+    assert not resume.exists()
+    ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
+    assert (got["top1"], got["top5"]) == (ref["top1"], ref["top5"])

@@ -37,8 +37,10 @@ def install_stop_handlers(signals=(signal.SIGTERM, signal.SIGUSR1)) -> None:
     """Remember a stop request instead of dying mid-step; the training loop checks `stop_requested`."""
 
     def handler(signum, _frame):
-        if not _stop_signal:
-            log.warning("received %s: will checkpoint after the current step and exit", signal.Signals(signum).name)
+        if _stop_signal:  # a second signal: stop now, as without the handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        log.warning("received %s: will checkpoint after the current step and exit", signal.Signals(signum).name)
         _stop_signal.append(signum)
 
     for s in signals:

@@ -54,7 +54,8 @@ def _runtime_options(fn):
 
         setup_logging(verbose)
         configure(threads, kwargs.get("seed"))
-        install_stop_handlers()
+        if kwargs.get("resume_dir"):  # only stages that can checkpoint defer a stop signal
+            install_stop_handlers()
         try:
             return fn(*args, device=resolve_device(device), threads=threads or 0, **kwargs)
         except D3SError as e:
@@ -346,9 +347,6 @@ def summarize_cmd(results, teachers, dataset, tsv, markdown):
     click.echo(Path(markdown).read_text())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 @main.command("plot-accuracy")
 @click.option("--summary", required=True, type=existing, help="summary table (TSV) from summarize")
@@ -370,7 +368,10 @@ def plot_losses_cmd(images, out):
     """Distillation loss curves stored in the images artifacts."""
     from .plots import plot_losses
 
-    plot_losses(list(images), out)
+    try:
+        plot_losses(list(images), out)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command("plot-images")
@@ -382,4 +383,11 @@ def plot_images_cmd(images, out, max_classes, max_ipc):
     """A grid of the distilled images: one row per class, one column per IPC index."""
     from .plots import plot_images
 
-    plot_images(images, out, max_classes, max_ipc)
+    try:
+        plot_images(images, out, max_classes, max_ipc)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

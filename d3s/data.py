@@ -313,6 +313,8 @@ def _imagefolder(spec: DatasetSpec) -> LoadedDataset:
     if not train_root.is_dir():
         raise D3SError(f"{train_root}: training folder not found (dataset '{spec.name}', keys 'root'/'train_dir')")
     if spec.class_list:
+        if not Path(spec.class_list).is_file():
+            raise D3SError(f"{spec.class_list}: class list file not found (dataset '{spec.name}', key 'class_list')")
         lines = Path(spec.class_list).read_text().split()
         classes = [c for c in lines if c]
         missing = [c for c in classes if not (train_root / c).is_dir()]

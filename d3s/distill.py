@@ -86,17 +86,18 @@ class GaussianMatching:
             self.moving.append(restored)
 
     @torch.no_grad()
-    def initialise(self, k: int, per_block_feats: list[list[torch.Tensor]], sizes: list[int]) -> None:
+    def initialise(self, k: int, per_block_moments: list[list[tuple]], sizes: list[int]) -> None:
         if len(self.moving) <= k:
             self.moving.append([MovingMoments(self.momentum, sizes) for _ in self.targets[k]])
         for l, mm in enumerate(self.moving[k]):
-            mm.initialise([self.moments(block[l]) for block in per_block_feats])
+            mm.initialise([block[l] for block in per_block_moments])
 
     def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
         target = self.targets[k][l]
         mean_b, cov_b = self.moments(feats)
         mm = self.moving[k][l] if self.moving else None
         mean, cov = mm.combine(b, mean_b, cov_b) if mm else (mean_b, cov_b)
+        cov = self._shape(cov)  # combining blocks adds between-block scatter off the diagonal
         try:
             kl = gaussian_kl(target, mean, cov) / target.dim
         except torch.linalg.LinAlgError:
@@ -116,7 +117,10 @@ class RunningStatsMatching:
         self.weight = params.r_bn
         self.first_layer_weight = params.first_bn_multiplier
 
-    def initialise(self, k, per_block_feats, sizes) -> None:  # SRe2L matches each minibatch on its own
+    def moments(self, feats: torch.Tensor):  # unused: SRe2L matches each minibatch on its own
+        return None
+
+    def initialise(self, k, per_block_moments, sizes) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -164,8 +168,8 @@ def distill(
         objective = RunningStatsMatching(teachers, recorders, params)
     else:
         raise D3SError(f"distill: method must be 'd3s' or 'sre2l', got {method!r}")
-    n_layers = len(recorders[0].names)
-    weights = [objective.first_layer_weight] + [1.0] * (n_layers - 1)
+    # per teacher: teachers of different architectures have different numbers of BN layers
+    weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
 
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
     ipcs, block_classes = range(ipc_start, ipc_end), range(class_start, class_end)
@@ -194,10 +198,10 @@ def distill(
     if state is None and len(blocks) > 1:  # start the whole-set statistics exact
         with torch.no_grad():
             for k, (t, rec) in enumerate(zip(teachers, recorders)):
-                per_block = []
+                per_block = []  # moments only: the feature maps of every block would not fit at scale
                 for p in pixels:
                     t.model(render(p))
-                    per_block.append(list(rec.inputs))
+                    per_block.append([objective.moments(f) for f in rec.inputs])
                 objective.initialise(k, per_block, [len(p) for p in pixels])
 
     curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "match", "ce")}
@@ -246,7 +250,7 @@ def distill(
             for l, feats in enumerate(rec.inputs):
                 term = objective.layer_loss(k, l, feats, b)
                 _check_finite(term, f"{'KL' if method == 'd3s' else 'BN loss'} of layer '{rec.names[l]}'", it + 1, t)
-                loss_match = loss_match + weights[l] * term
+                loss_match = loss_match + weights[k][l] * term
         loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)
         loss = objective.weight * loss_match.float() + params.ce_weight * loss_ce
         _check_finite(loss, "the loss", it + 1, teachers[active[0]])

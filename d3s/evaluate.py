@@ -124,6 +124,10 @@ def run_evaluate(
 ) -> dict:
     data = load_dataset(spec)
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
+    if data.image_size != synthetic.images.shape[1] or data.channels != synthetic.images.shape[3]:
+        raise D3SError(f"{images_path}: images are {synthetic.images.shape[1]} px x {synthetic.images.shape[3]} channels, "
+                       f"dataset '{spec.name}' gives {data.image_size} px x {data.channels}: the student would be tested "
+                       "on another input format")
     store = None
     if params.label_mode == "soft":
         if not labels_path:
@@ -133,10 +137,15 @@ def run_evaluate(
             log.warning("student trains %d epochs on %d label epochs: labels are cycled", params.epochs, store.epochs)
     checkpoint = Checkpointer(resume_dir, {
         "stage": "evaluate", "student": student_arch, "params": asdict(params), "seed": seed, "classes": synthetic.classes,
-        "images": images_digest(synthetic.images), "labels": store.config if store else None,
+        "images": images_digest(synthetic.images), "labels": {**store.config, **store.identity} if store else None,
     }, checkpoint_every)
     t0 = time.perf_counter()
-    model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
+    try:
+        model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
+    except BaseException:
+        if store:
+            store.close()
+        raise
     train_seconds = time.perf_counter() - t0
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
     protocol = {

@@ -28,7 +28,7 @@ from .transforms import apply_views, sample_views
 
 
 def images_digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(np.ascontiguousarray(images))).hexdigest()  # no copy of a large set
 
 
 @torch.no_grad()
@@ -77,11 +77,20 @@ class SoftLabelStore:
     def __init__(self, path: str | Path, synthetic: SyntheticSet, synthetic_path: str):
         self.path = str(path)
         self._f = open_artifact(path, "labels")
-        check_same_classes(synthetic.classes, synthetic_path, read_classes(self._f), self.path)
-        if self._f.attrs["images_sha256"] != images_digest(synthetic.images):
-            raise D3SError(f"{self.path}: soft labels were made for other images than {synthetic_path}; rerun relabel")
+        try:
+            check_same_classes(synthetic.classes, synthetic_path, read_classes(self._f), self.path)
+            if self._f.attrs["images_sha256"] != images_digest(synthetic.images):
+                raise D3SError(f"{self.path}: soft labels were made for other images than {synthetic_path}; rerun relabel")
+            if int(self._f.attrs["image_size"]) != synthetic.images.shape[1]:
+                raise D3SError(f"{self.path}: views of {int(self._f.attrs['image_size'])} px, images of {synthetic.images.shape[1]} px")
+        except D3SError:
+            self._f.close()
+            raise
         self.epochs = int(self._f.attrs["epochs"])
         self.config = json.loads(self._f.attrs["config"])
+        # what identifies these labels beyond their settings (a resumed student must not mix label sets)
+        self.identity = {"teachers": json.loads(self._f.attrs["teachers"]), "seed": int(self._f.attrs["seed"]),
+                         "created": str(self._f.attrs["created_utc"])}
 
     def epoch(self, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Boxes, flips and logits (float32) of label epoch `e` (cycled when training runs longer)."""

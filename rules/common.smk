@@ -59,8 +59,11 @@ def cli_options(section):
 
 
 def section_digest(section):
-    """Short hash of a config section: a param that changes whenever the section does."""
-    blob = json.dumps([config.get(section, {}), config["seed"]], sort_keys=True)
+    """Short hash of a config section, the seed and the teacher set: a param that changes with any of them."""
+    blob = json.dumps(
+        [config.get(section, {}), config["seed"], teacher_ids(), config["stats"]],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -198,3 +198,18 @@ def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
     m = load_synthetic(merged)
     assert m.ipc_index.tolist() == [0] * 10 + [1] * 10 and m.labels.tolist() == list(range(10)) * 2
     assert set(m.loss_curves) == {"ipc0-2_c0-4", "ipc0-1_c4-10", "ipc1-2_c4-7", "ipc1-2_c7-10"}
+
+
+def test_teachers_of_different_architectures_and_diagonal_ablation(tiny, tmp_path):
+    """K teachers may differ in depth (their BN layer lists differ); the diagonal ablation runs with several blocks."""
+    deeper_t, deeper_s = tmp_path / "c4.h5", tmp_path / "c4s.h5"
+    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet4_w32", "--epochs", "1", "--out", deeper_t,
+            "--device", "cpu")
+    run_cli("extract-stats", "--teacher", deeper_t, "--data", DIGITS, "--out", deeper_s, "--device", "cpu")
+    out = tmp_path / "mixed.h5"
+    run_cli("distill", "--teacher", tiny["teacher"], "--teacher", deeper_t, "--stats", tiny["stats"], "--stats", deeper_s,
+            "--ipc-end", "2", "--batch-size", "7", "--iterations", "3", "--covariance", "diagonal", "--out", out,
+            "--device", "cpu")
+    s = load_synthetic(out)
+    assert len(s.teachers) == 2 and s.config["covariance"] == "diagonal"
+    assert np.isfinite(s.loss_curves["ipc0-2"]["match"]).all()

@@ -186,13 +186,13 @@ def final_outputs():
 
 
 # Portable resources only; partitions, accounts and GPU models belong in profiles/slurm.
-def runtime_minutes(base):
-    """Wall time that grows with the retry attempt (a retry after a time-out gets more)."""
+def grow_with_attempt(base):
+    """A resource that grows with the retry attempt (a job killed for memory gets more)."""
 
-    def runtime(wildcards, attempt):
+    def value(wildcards, attempt):
         return base * attempt
 
-    return runtime
+    return value
 
 
 def gpu_count():

@@ -13,8 +13,8 @@ rule distill_shard:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(480),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(480),
     params:
         resume_dir=resume_dir("distill_shard"),
         teachers=input_option("--teacher", "teachers"),

@@ -13,8 +13,8 @@ rule evaluate_student:
     threads: 1
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(480),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(480),
     params:
         resume_dir=resume_dir("evaluate_student"),
         data=dataset_spec,
@@ -41,8 +41,8 @@ rule evaluate_full:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(720),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(720),
     params:
         data=dataset_spec,
         teachers=input_option("--teacher", "teachers"),

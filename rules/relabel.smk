@@ -13,8 +13,8 @@ rule relabel:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(240),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(240),
     params:
         teachers=input_option("--teacher", "teachers"),
         opts=cli_options("relabel"),

@@ -12,8 +12,8 @@ rule extract_stats:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(120),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(120),
     params:
         data=dataset_spec,
         opts=cli_options("stats"),

@@ -11,7 +11,7 @@ rule dataset_info:
     resources:
         gpu=0,
         mem_mb=4000,
-        runtime=runtime_minutes(60),
+        runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,
     shell:
@@ -32,8 +32,8 @@ rule train_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(240),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(240),
     params:
         resume_dir=resume_dir("train_teacher"),
         data=dataset_spec,
@@ -61,8 +61,8 @@ rule import_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=8000,
-        runtime=runtime_minutes(60),
+        mem_mb=grow_with_attempt(8000),
+        runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,
         opts=pretrained_options,

@@ -104,3 +104,21 @@ class Checkpointer:
     def clear(self) -> None:
         if self.enabled and self.dir.exists():
             shutil.rmtree(self.dir)
+
+
+def training_state(step: int, model, optimiser, schedule, generators: dict[str, torch.Generator], **extra) -> dict:
+    """The state of a model-training loop after `step` epochs: weights, optimiser, schedule, every RNG."""
+    return {"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+            "generators": {name: g.get_state() for name, g in generators.items()}, **extra}
+
+
+def restore_training_state(state: dict, model, optimiser, schedule, generators: dict[str, torch.Generator]) -> int:
+    """Load what `training_state` saved into the live objects; returns the epoch to continue from."""
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["torch_rng"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    return int(state["step"])

@@ -21,7 +21,7 @@ from .data import DatasetSpec, load_dataset, training_sampler
 from .errors import D3SError
 from .hparams import EvalParams
 from .models import build_model
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, restore_training_state, training_state
 from .relabel import SoftLabelStore, images_digest
 from .runtime import generator, log, log_every, progress
 from .synthetic import SyntheticSet
@@ -67,18 +67,10 @@ def train_student(
     checkpoint = checkpoint or Checkpointer(None, {}, 0)
 
     def snapshot(epoch: int) -> dict:
-        return {"step": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(), "g": g.get_state(), "torch_rng": torch.get_rng_state()}
+        return training_state(epoch, model, optimiser, schedule, {"g": g})
 
-    start_epoch = 0
     state = checkpoint.load()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        g.set_state(state["g"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = int(state["step"])
+    start_epoch = restore_training_state(state, model, optimiser, schedule, {"g": g}) if state else 0
     for epoch in progress(range(start_epoch, params.epochs), desc="student", initial=start_epoch, total=params.epochs):
         if params.label_mode == "soft":
             boxes, flips, logits = store.epoch(epoch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections import defaultdict
@@ -11,7 +12,16 @@ from .artifacts import atomic_path, open_artifact
 from .errors import D3SError
 
 METHOD_ORDER = ["d3s", "sre2l", "random", "full"]
-COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1"]
+COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1",
+           "protocol"]
+
+
+def protocol_hash(result: dict) -> str:
+    """Short hash of how the student was trained and tested: rows with equal hashes are comparable."""
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "t2_scale", "label_mode", "optimizer",
+            "schedule", "reported", "label_epochs", "relabel", "crop_scale_min", "crop_scale_max")
+    blob = json.dumps({k: result["protocol"].get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -43,6 +53,7 @@ def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str) -
             "top1_mean": round(t1[0], 2), "top1_std": round(t1[1], 2),
             "top5_mean": round(t5[0], 2), "top5_std": round(t5[1], 2),
             "teacher_top1": round(statistics.fmean(teacher_acc), 2) if teacher_acc else "",
+            "protocol": ",".join(sorted({protocol_hash(r) for r in rs})),
         })
     return rows
 
@@ -51,15 +62,18 @@ def write_tables(rows: list[dict], tsv: str, markdown: str, teacher_paths: list[
     with atomic_path(tsv) as tmp:
         lines = ["\t".join(COLUMNS)] + ["\t".join(str(r[c]) for c in COLUMNS) for r in rows]
         tmp.write_text("\n".join(lines) + "\n")
-    md = ["| dataset | method | IPC | student | seeds | top-1 (%) | top-5 (%) |", "|---|---|---|---|---|---|---|"]
+    md = ["| dataset | method | IPC | student | seeds | top-1 (%) | top-5 (%) | protocol |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['student']} | {r['seeds']} | "
-                  f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} |")
+                  f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} | {r['protocol']} |")
     md += ["", "Teachers (test top-1 on the real test set):", ""]
     for p in teacher_paths:
         with open_artifact(p, "teacher") as f:
             md.append(f"- `{p}`: {f.attrs['arch']}, seed {int(f.attrs['seed'])}, {100 * float(f.attrs['test_top1']):.2f}%")
     md.append("")
-    md.append("Final-epoch accuracy, mean ± std over seeds; protocols are recorded in each result JSON.")
+    md.append("Final-epoch accuracy, mean ± std over seeds. `protocol` hashes how students were trained and tested "
+              "(rows with the same hash are comparable; `full` trains on other data by design); each result JSON "
+              "records the protocol in full.")
     with atomic_path(markdown) as tmp:
         tmp.write_text("\n".join(md) + "\n")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, restore_training_state, training_state
 from .data import training_sampler
 from .hparams import RealTrainingParams
 from .runtime import generator, log, log_every, progress
@@ -88,20 +88,13 @@ def train_on_real(
     start_epoch = 0
 
     def snapshot(epoch: int) -> dict:
-        return {"step": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(), "views_rng": views_rng.get_state(),
-                "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses, dtype=torch.float64)}
+        return training_state(epoch, model, optimizer, schedule, {"order": order_rng, "views": views_rng},
+                              losses=torch.tensor(losses, dtype=torch.float64))
 
     state = checkpoint.load()
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        order_rng.set_state(state["order_rng"])
-        views_rng.set_state(state["views_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        start_epoch = restore_training_state(state, model, optimizer, schedule, {"order": order_rng, "views": views_rng})
         losses = state["losses"].tolist()
-        start_epoch = int(state["step"])
     every = log_every(steps, 20)  # progress lines by step: one epoch of a large dataset is long
     step = start_epoch * len(loader)
     bar = progress(total=steps, initial=step, desc="teacher")

@@ -126,6 +126,14 @@ def test_summarize_tables(tiny, tmp_path):
     assert abs(float(cells["top1_mean"]) - 100 * (r["top1"] + 0.05)) < 0.01
     assert abs(float(cells["top1_std"]) - 100 * np.std([r["top1"], r["top1"] + 0.1], ddof=1)) < 0.01
     assert "± " in (tmp_path / "s.md").read_text()
+    # the two seeds share a protocol; a different temperature would be a different, incomparable protocol
+    assert len(cells["protocol"]) == 10
+    third = tmp_path / "r2.json"
+    third.write_text(json.dumps({**r, "seed": 2, "protocol": {**r["protocol"], "temperature": 9.0}}))
+    run_cli("summarize", "--result", tiny["result"], "--result", third, "--dataset", "digits",
+            "--tsv", tmp_path / "t.tsv", "--markdown", tmp_path / "t.md")
+    mixed = dict(zip(header.split("\t"), (tmp_path / "t.tsv").read_text().splitlines()[1].split("\t")))
+    assert len(mixed["protocol"].split(",")) == 2
 
 
 def test_same_seed_same_artifacts(tiny, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
 from .errors import D3SError  # noqa: E402
-from .synthetic import load_synthetic  # noqa: E402
+from .synthetic import load_loss_curves, load_synthetic  # noqa: E402
 
 METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^")}
 
@@ -65,14 +65,11 @@ def plot_losses(images_paths: list[str], out: str) -> None:
     """Distillation loss curves (total, matching term, CE) of every shard of every set."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for path in images_paths:
-        s = load_synthetic(path)
-        if not s.loss_curves:
-            continue
-        ipc = s.ipc_range[1] - s.ipc_range[0]
-        for block, curves in s.loss_curves.items():
+        method, ipc, loss_curves = load_loss_curves(path)
+        for block, curves in loss_curves.items():
             for ax, key in zip(axes, ("total", "match", "ce")):
                 if key in curves:
-                    ax.plot(curves[key], lw=1, label=f"{s.method} IPC {ipc} {block}")
+                    ax.plot(curves[key], lw=1, label=f"{method} IPC {ipc} {block}")
     for ax, title in zip(axes, ("total loss", "statistics matching (KL or BN)", "cross-entropy")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")

@@ -66,6 +66,15 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
         )
 
 
+def load_loss_curves(path: str | Path) -> tuple[str, int, dict[str, dict[str, np.ndarray]]]:
+    """Method, IPC and loss curves of an images artifact, without reading its images."""
+    with open_artifact(path, "images") as f:
+        curves = {}
+        if "loss_curves" in f:
+            curves = {b: {n: f["loss_curves"][b][n][()] for n in f["loss_curves"][b]} for b in f["loss_curves"]}
+        return str(f.attrs["method"]), int(f.attrs["ipc"]), curves
+
+
 def merge_synthetic(paths: list[str], expected_ipc: int | None = None) -> SyntheticSet:
     """Join shards (blocks of IPC indices x classes of one run) into one set ordered by (IPC index, class).
 

@@ -79,15 +79,20 @@ def write_provenance(
     f.attrs["inputs"] = json.dumps(inputs or {}, sort_keys=True)
 
 
-def open_artifact(path: str | os.PathLike, kind: str) -> h5py.File:
-    """Open an artifact for reading and check it is the expected kind of d3s file."""
+def open_hdf5(path: str | os.PathLike, missing: str, **kwargs) -> h5py.File:
+    """Open an HDF5 file for reading; a missing or unreadable file is a D3SError naming it."""
     path = Path(path)
-    if not path.exists():
-        raise D3SError(f"{path}: file not found (expected a d3s {kind} artifact)")
+    if not path.is_file():
+        raise D3SError(f"{path}: {missing}")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r", **kwargs)
     except OSError as e:
         raise D3SError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def open_artifact(path: str | os.PathLike, kind: str) -> h5py.File:
+    """Open an artifact for reading and check it is the expected kind of d3s file."""
+    f = open_hdf5(path, f"file not found (expected a d3s {kind} artifact)")
     found = f.attrs.get("d3s_kind")
     if found != kind:
         f.close()

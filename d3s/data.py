@@ -244,16 +244,10 @@ def _digits(spec: DatasetSpec) -> LoadedDataset:
 
 def _hdf5(spec: DatasetSpec) -> LoadedDataset:
     """The layout of ../shared/datasets/*.h5, read lazily (labels and shapes only at load time)."""
-    import h5py
+    from .artifacts import open_hdf5
 
     path = Path(spec.path)
-    if not path.is_file():
-        raise D3SError(f"{path}: dataset file not found (dataset '{spec.name}', key 'path')")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise D3SError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path, f"dataset file not found (dataset '{spec.name}', key 'path')") as f:
         for key in ("train/images", "train/labels", "test/images", "test/labels"):
             if key not in f:
                 raise D3SError(f"{path}: missing dataset '{key}' (expected train/ and test/ images + labels)")

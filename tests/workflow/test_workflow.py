@@ -171,8 +171,12 @@ def test_every_preset_plans_its_dag(tmp_path, preset):
     n_classes = config["datasets"][config["dataset"]].get("num_classes")
     per_ipc = [-(-ipc // config["ipc_per_shard"]) for ipc in config["ipcs"]]
     blocks = -(-n_classes // config["classes_per_shard"]) if config.get("classes_per_shard") else 1
-    assert jobs["distill_shard"] == sum(per_ipc) * blocks
-    assert jobs["evaluate_student"] == len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"])
+    methods = config.get("methods", ["d3s"])
+    synthesising = len([m for m in methods if m in ("d3s", "sre2l")])
+    per_ipc_methods = len([m for m in methods if m != "full"])
+    assert jobs["distill_shard"] == sum(per_ipc) * blocks * synthesising
+    assert jobs["evaluate_student"] == (len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"])
+                                        * per_ipc_methods)
     if preset.stem == "imagenet21k":
         assert jobs["distill_shard"] == 220 and seconds < 30
 

@@ -23,7 +23,7 @@ from .hparams import EvalParams
 from .models import build_model
 from .checkpoint import Checkpointer, restore_training_state, training_state
 from .relabel import SoftLabelStore, images_digest
-from .runtime import generator, log, log_every, progress
+from .runtime import autocast, generator, log, log_every, progress
 from .synthetic import SyntheticSet
 from .teacher import Teacher
 from .training import accuracy, cosine_schedule
@@ -81,7 +81,9 @@ def train_student(
         for start in range(0, n, batch):
             idx = order[start:start + batch]
             x = apply_views(normalizer.from_uint8(images[idx]), boxes[idx], flips[idx], size)
-            out = model(x)
+            with autocast(device, params.precision):
+                out = model(x)
+            out = out.float()
             if params.label_mode == "soft":
                 loss = soft_label_loss(out, logits[idx].to(device), params.temperature, params.t2_scale)
             else:
@@ -189,10 +191,13 @@ def run_evaluate_full(
         for x, y in loader:
             boxes, flips = sample_views(len(x), scale, t0.hflip, g)
             x = apply_views(normalizer.from_uint8(x.to(device)), boxes, flips, data.image_size)
-            out_logits = model(x)
+            with autocast(device, params.precision):
+                out_logits = model(x)
+                if params.label_mode == "soft":
+                    with torch.no_grad():
+                        target = torch.stack([t.model(x) for t in teachers]).mean(0).float()
+            out_logits = out_logits.float()
             if params.label_mode == "soft":
-                with torch.no_grad():
-                    target = torch.stack([t.model(x) for t in teachers]).mean(0)
                 loss = soft_label_loss(out_logits, target, params.temperature, params.t2_scale)
             else:
                 loss = F.cross_entropy(out_logits, y.to(device))

@@ -23,6 +23,7 @@ class RealTrainingParams:
     lr: float = hparam(0.05, "peak learning rate (SGD, Nesterov momentum 0.9, cosine decay)")
     weight_decay: float = hparam(5e-4, "L2 weight decay")
     warmup_epochs: int = hparam(1, "epochs of linear learning-rate warm-up")
+    precision: str = hparam("fp32", "forward/backward precision: fp32, or bf16 autocast (~1.6x faster on CPUs with AVX512-BF16, and on GPUs)", ("fp32", "bf16"))
 
 
 @dataclass
@@ -67,3 +68,4 @@ class EvalParams:
     crop_scale_min: float = hparam(0.5, "hard mode and full: smallest random-resized-crop area fraction")
     crop_scale_max: float = hparam(1.0, "hard mode and full: largest random-resized-crop area fraction")
     full_epochs: int = hparam(30, "full baseline: epochs over the whole real training set")
+    precision: str = hparam("fp32", "student forward/backward precision: fp32, or bf16 autocast (faster; the loss is computed in fp32)", ("fp32", "bf16"))

@@ -26,6 +26,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast(device: torch.device, precision: str):
+    """The forward-pass precision context of teacher and student training: fp32, or bf16 autocast.
+
+    Statistics and synthesis always run in fp32 (their float64 moments need exact inputs).
+    """
+    if precision not in ("fp32", "bf16"):
+        raise D3SError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def configure(threads: int | None, seed: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

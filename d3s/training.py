@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import Checkpointer, restore_training_state, training_state
 from .data import training_sampler
 from .hparams import RealTrainingParams
-from .runtime import generator, log, log_every, progress
+from .runtime import autocast, generator, log, log_every, progress
 from .transforms import Normalizer, apply_views, resize, sample_views
 
 
@@ -104,7 +104,9 @@ def train_on_real(
             x = normalizer.from_uint8(x.to(device))
             boxes, flips = sample_views(len(x), crop_scale, hflip, views_rng)
             x = apply_views(x, boxes, flips, image_size)
-            loss = F.cross_entropy(model(x), y.to(device))
+            with autocast(device, params.precision):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -14,7 +14,7 @@ from d3s.synthetic import load_synthetic
 from d3s.teacher import load_teacher
 from d3s.transforms import apply_views
 
-from ..conftest import DIGITS, run_cli
+from ..conftest import DIGITS, FAST, run_cli
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
@@ -221,3 +221,24 @@ def test_teachers_of_different_architectures_and_diagonal_ablation(tiny, tmp_pat
     s = load_synthetic(out)
     assert len(s.teachers) == 2 and s.config["covariance"] == "diagonal"
     assert np.isfinite(s.loss_curves["ipc0-2"]["match"]).all()
+
+
+def test_bf16_training_learns_and_is_recorded(tiny, tmp_path):
+    """bf16 autocast changes the arithmetic (so the weights), not whether the models learn."""
+    fp32_t, bf16_t = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
+    for out, precision in ((fp32_t, "fp32"), (bf16_t, "bf16")):
+        run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
+                "--precision", precision, "--out", out, *FAST)
+    with h5py.File(fp32_t) as a, h5py.File(bf16_t) as b:
+        assert json.loads(b.attrs["config"])["precision"] == "bf16"
+        assert b.attrs["test_top1"] > 0.8 and abs(a.attrs["test_top1"] - b.attrs["test_top1"]) < 0.1
+        name = "state_dict/features.0.weight"
+        assert not np.array_equal(a[name][()], b[name][()])
+    result = tmp_path / "bf16.json"
+    run_cli("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
+            "--student", "convnet3_w32", "--epochs", "3", "--precision", "bf16", "--out", result, *FAST)
+    r = json.loads(result.read_text())
+    assert r["protocol"]["precision"] == "bf16" and r["top1"] > 0.1
+    bad = run_cli("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
+                  "--student", "convnet3_w32", "--precision", "fp8", "--out", tmp_path / "x.json", expect_ok=False)
+    assert bad.exit_code != 0 and "fp8" in bad.output

@@ -27,7 +27,7 @@ rule distill_shard:
         "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
-        "--resume-dir {params.resume_dir} "
+        "--resume-dir {params.resume_dir} --checkpoint-every {config[checkpoint_every][distill]} "
         "--out {output} > {log} 2>&1"
 
 

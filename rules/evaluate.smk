@@ -23,7 +23,7 @@ rule evaluate_student:
     shell:
         "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
-        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
+        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} --checkpoint-every {config[checkpoint_every][evaluate]} "
         "--out {output} > {log} 2>&1"
 
 

@@ -59,6 +59,7 @@ def render(schema: dict) -> str:
     out += [_row(k, props[k]) for k in RUN_KEYS]
     out += [_row(f"teachers.{k}", v) for k, v in props["teachers"]["properties"].items()]
     out += [_row(f"teachers.pretrained[].{k}", v) for k, v in props["teachers"]["properties"]["pretrained"]["items"]["properties"].items()]
+    out += [_row(f"checkpoint_every.{k}", v) for k, v in props["checkpoint_every"]["properties"].items()]
     out += ["", "## `datasets.<name>`", "",
             "One entry per dataset; `dataset:` picks the one to run. Adding a dataset is adding an entry.", "", *table]
     out += [_row(k, v) for k, v in schema["$defs"]["dataset"]["properties"].items()]

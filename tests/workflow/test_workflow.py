@@ -26,11 +26,12 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True, timeout: int = 600):
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if config is not None:
         cfg = workdir / "test-config.yaml"
         cfg.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(cfg)]
+    cmd += ["--cores", "2"]  # after --configfile, which would take targets in `args` as more config files
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
     if check:

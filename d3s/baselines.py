@@ -23,20 +23,43 @@ def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
 
+def real_choice(data, ipc: int, seed: int) -> list[np.ndarray]:
+    """[class][IPC index] -> training-set index: a seeded permutation per class, its first `ipc`.
+
+    Slot (i, c) is the same image for every ipc > i, so IPC 10's picks extend IPC 1's, and
+    `distill --init real` starts a shard from the images `random` picks for the same slots.
+    """
+    g = generator(seed, 40)
+    chosen = []
+    for c, idx in enumerate(class_indices(data.train.labels.numpy(), data.num_classes)):
+        if len(idx) < ipc:
+            raise D3SError(f"dataset '{data.spec.name}': class {data.classes[c]!r} has {len(idx)} training images, fewer than IPC {ipc}")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:ipc].numpy()])
+    return chosen
+
+
+def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], image_size: int) -> torch.Tensor:
+    """uint8 [n, C, H, W] images of the (IPC index, class) slots, resized to the teacher's input size."""
+    images = torch.stack([data.train[int(chosen[c][i])][0] for i, c in slots])
+    return resize(images.float(), image_size).round().clamp(0, 255).to(torch.uint8)
+
+
+def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[tuple[int, int]], seed: int) -> torch.Tensor:
+    """Starting pixels for `distill --init real`: the random baseline's images of the same slots."""
+    data = load_dataset(spec)
+    t0 = teachers[0]
+    check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
+    chosen = real_choice(data, 1 + max(i for i, _ in slots), seed)
+    return real_images(data, chosen, slots, t0.image_size)
+
+
 def select_real(spec: DatasetSpec, teachers: list[Teacher], ipc: int, seed: int) -> SyntheticSet:
     data = load_dataset(spec)
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
-    labels = data.train.labels.numpy()
-    g = generator(seed, 40)
-    chosen = []  # [class][ipc index] -> dataset index
-    for c, idx in enumerate(class_indices(labels, data.num_classes)):
-        if len(idx) < ipc:
-            raise D3SError(f"dataset '{spec.name}': class {data.classes[c]!r} has {len(idx)} training images, fewer than IPC {ipc}")
-        chosen.append(idx[torch.randperm(len(idx), generator=g)[:ipc].numpy()])
+    chosen = real_choice(data, ipc, seed)
     order = [(i, c) for i in range(ipc) for c in range(data.num_classes)]  # (IPC index, class), as distill
-    images = torch.stack([data.train[int(chosen[c][i])][0] for i, c in order])
-    images = resize(images.float(), t0.image_size).round().clamp(0, 255).to(torch.uint8)
+    images = real_images(data, chosen, order, t0.image_size)
     return SyntheticSet(
         images=images.permute(0, 2, 3, 1).numpy(), labels=np.asarray([c for _, c in order], dtype=np.int64),
         ipc_index=np.asarray([i for i, _ in order], dtype=np.int64), classes=data.classes, method="random",

@@ -67,11 +67,16 @@ def _runtime_options(fn):
     return wrapper
 
 
-def _resume_options(every: int, unit: str):
-    """--resume-dir / --checkpoint-every: periodic checkpoints a restarted job continues from."""
+def _resume_options(stage: str, every: int, unit: str):
+    """--resume-dir / --checkpoint-every: periodic checkpoints a restarted job continues from.
+
+    The workflow sets the frequency through D3S_<STAGE>_CHECKPOINT_EVERY, not a rule param: it
+    changes no result, and a param change would rerun the job.
+    """
 
     def deco(fn):
-        fn = click.option("--checkpoint-every", type=int, default=every, show_default=True,
+        fn = click.option("--checkpoint-every", type=click.IntRange(min=0), default=every, show_default=True,
+                          envvar=f"D3S_{stage.upper()}_CHECKPOINT_EVERY", show_envvar=True,
                           help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on SIGTERM/SIGUSR1)")(fn)
         fn = click.option("--resume-dir", type=click.Path(file_okay=False), default=None,
                           help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
@@ -131,7 +136,7 @@ def dataset_info_cmd(data, out, device, threads):
 @click.option("--seed", type=int, default=0, help="seed for initialisation, batch order and augmentation")
 @click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
 @_hparam_options(RealTrainingParams)
-@_resume_options(5, "epochs")
+@_resume_options("teacher", 5, "epochs")
 @_runtime_options
 def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every, device, threads, **kw):
     """Train a teacher on the real training set; record its test accuracy.
@@ -195,11 +200,12 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
 @click.option("--class-start", type=int, default=0, help="first class (label index) of this shard")
 @click.option("--class-end", type=int, default=None, help="one past the last class of this shard (default: all)")
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
+@click.option("--data", default=None, metavar="SPEC", help="dataset spec (as train-teacher's); needed by --init real")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
-@_resume_options(500, "optimisation steps")
+@_resume_options("distill", 500, "optimisation steps")
 @_runtime_options
-def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, out, resume_dir,
+def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, data, out, resume_dir,
                 checkpoint_every, device, threads, **kw):
     """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
@@ -223,8 +229,18 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
         "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes,
         "shard": [ipc_start, ipc_end, class_start, class_end],
     }, checkpoint_every)
+    init_images = None
+    if params.init == "real":
+        from .baselines import initial_real_images
+        from .data import DatasetSpec
+
+        if data is None:
+            raise D3SError("distill: --init real needs --data (the dataset to take the starting images from)")
+        last = len(loaded[0].classes) if class_end is None else class_end
+        slots = [(i, c) for i in range(ipc_start, ipc_end) for c in range(class_start, last)]
+        init_images = initial_real_images(DatasetSpec.parse(data), loaded, slots, seed)
     result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, params, seed, device,
-                     class_start, class_end, method, checkpoint)
+                     class_start, class_end, method, checkpoint, init_images)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
     checkpoint.clear()
@@ -291,7 +307,7 @@ def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
-@_resume_options(50, "epochs")
+@_resume_options("evaluate", 50, "epochs")
 @_runtime_options
 def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_dir, checkpoint_every, device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""

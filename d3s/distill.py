@@ -149,7 +149,10 @@ def distill(
     class_end: int | None = None,
     method: str = "d3s",
     checkpoint: Checkpointer | None = None,
+    init_images: torch.Tensor | None = None,
 ) -> SyntheticSet:
+    """Synthesise the shard's images. With `params.init == "real"`, `init_images` (uint8
+    [n, C, H, W], one per (IPC index, class) slot in the shard's IPC-major order) are the start."""
     if not 0 <= ipc_start < ipc_end:
         raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
     class_end = len(teachers[0].classes) if class_end is None else class_end
@@ -178,7 +181,15 @@ def distill(
     n = len(labels)
     shard = (ipc_start, ipc_end, class_start, class_end)
     g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
-    init = torch.randn(n, channels, size, size, generator=g_init).to(device)
+    if params.init == "real":
+        if init_images is None or tuple(init_images.shape) != (n, channels, size, size):
+            got = "none" if init_images is None else tuple(init_images.shape)
+            raise D3SError(f"distill: init 'real' needs {n} starting images of {channels}x{size}x{size}, got {got}")
+        init = normalizer.from_uint8(init_images.to(device))
+    elif params.init == "noise":
+        init = torch.randn(n, channels, size, size, generator=g_init).to(device)
+    else:
+        raise D3SError(f"distill: init must be 'noise' or 'real', got {params.init!r}")
     init = torch.maximum(torch.minimum(init, hi), lo)
     blocks = [slice(b, min(b + params.batch_size, n)) for b in range(0, n, params.batch_size)]
     pixels = [torch.nn.Parameter(init[b].clone()) for b in blocks]

@@ -15,6 +15,10 @@ if DATASET not in config["datasets"]:
         f"(defined: {', '.join(sorted(config['datasets']))})"
     )
 RESULTS = f"results/{DATASET}"
+# Checkpoint frequency changes no result, so it reaches the jobs (local, or SLURM jobs, which
+# re-read this file) through the environment: a rule param would rerun them when it changes.
+for _stage, _every in config["checkpoint_every"].items():
+    os.environ[f"D3S_{_stage.upper()}_CHECKPOINT_EVERY"] = str(_every)
 if config["classes_per_shard"] and not config["datasets"][DATASET].get("num_classes"):
     raise ValueError(
         f"config: classes_per_shard is {config['classes_per_shard']}, so "

@@ -20,15 +20,24 @@ rule distill_shard:
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
         classes=class_options,
+        data=dataset_spec,
         opts=cli_options("distill"),
         seed=config["seed"],
         device=config["device"],
     shell:
         "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
-        "{params.classes} "
+        "{params.classes} --data {params.data:q} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
-        "--resume-dir {params.resume_dir} --checkpoint-every {config[checkpoint_every][distill]} "
+        "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
+
+
+# Merging is cheap (a copy of the shards) so it runs on the submitting node, unless the set is so
+# large (ImageNet-21K) that it would hold gigabytes there: local_merge: false makes it a job.
+if config["local_merge"]:
+
+    localrules:
+        merge_shards,
 
 
 rule merge_shards:

@@ -23,7 +23,7 @@ rule evaluate_student:
     shell:
         "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
-        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} --checkpoint-every {config[checkpoint_every][evaluate]} "
+        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
 
@@ -82,6 +82,5 @@ rule summarize:
         "--tsv {output.tsv} --markdown {output.md} > {log} 2>&1"
 
 
-# merge_shards is not local: at ImageNet scale it holds a whole distilled set in memory.
 localrules:
     summarize,

@@ -42,7 +42,7 @@ rule train_teacher:
     shell:
         "d3s train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
         "--seed {wildcards.tseed} {params.opts} --device {params.device} --threads {threads} "
-        "--resume-dir {params.resume_dir} --checkpoint-every {config[checkpoint_every][teacher]} "
+        "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
 

@@ -21,13 +21,14 @@ NOTES = {
     ("distill", "ridge"): "**[choice]**, relative to the layer's mean real variance; added to both sides (the first BN layer's real covariance is singular)",
     ("distill", "kl_weight"): "per-layer KL normalised by its dimension D_l: **[choice]**",
     ("distill", "ema_momentum"): "moving statistics of the whole synthetic set **[paper]**; momentum **[choice]**",
+    ("distill", "init"): "noise **[peer: SRe2L]**; real images as an option **[choice]**",
     ("distill", "lr"): "Adam on pixels, betas (0.5, 0.9), cosine **[peer: SRe2L]**",
     ("distill", "teacher_mode"): "average over K teachers or one per step **[paper]**",
     ("distill", "r_bn"): "SRe2L's r_bn **[peer]**",
     ("relabel", "epochs"): "FKD-style per-epoch views **[peer]**; the paper uses teacher soft labels **[paper]**",
     ("evaluate", "temperature"): "KL at temperature T without T^2 **[peer]**; the protocol is recorded in every result",
 }
-RUN_KEYS = ["dataset", "methods", "ipcs", "ipc_per_shard", "classes_per_shard", "students", "eval_seeds", "seed", "device"]
+RUN_KEYS = ["dataset", "methods", "ipcs", "ipc_per_shard", "classes_per_shard", "students", "eval_seeds", "seed", "device", "local_merge"]
 
 
 def _fmt(value) -> str:

@@ -242,3 +242,19 @@ def test_bf16_training_learns_and_is_recorded(tiny, tmp_path):
     bad = run_cli("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
                   "--student", "convnet3_w32", "--precision", "fp8", "--out", tmp_path / "x.json", expect_ok=False)
     assert bad.exit_code != 0 and "fp8" in bad.output
+
+
+def test_real_init_starts_from_the_random_baselines_images(tiny, tmp_path):
+    """--init real with a zero learning rate returns its starting images: the random picks of the same slots."""
+    picked, started = tmp_path / "random.h5", tmp_path / "start.h5"
+    run_cli("select-real", "--data", DIGITS, "--teacher", tiny["teacher"], "--ipc", "2", "--seed", "3", "--out", picked)
+    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", "1", "--ipc-end", "2",
+            "--init", "real", "--data", DIGITS, "--lr", "0", "--iterations", "2", "--seed", "3", "--out", started, *FAST)
+    random_set, start = load_synthetic(picked), load_synthetic(started)
+    second = random_set.ipc_index == 1  # the shard covers IPC index 1 only
+    np.testing.assert_array_equal(start.images, random_set.images[second])
+    np.testing.assert_array_equal(start.labels, random_set.labels[second])
+    assert json.loads(h5py.File(started).attrs["config"])["init"] == "real"
+    missing = run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "1",
+                      "--init", "real", "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
+    assert missing.exit_code != 0 and "--init real needs --data" in missing.output

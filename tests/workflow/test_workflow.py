@@ -147,6 +147,24 @@ def test_default_config_and_slurm_profile_dry_run(tmp_path):
     assert "distill_shard" in out and "This was a dry-run" in out
 
 
+def _local_rules(*configfiles: Path) -> set[str]:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
+                                config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml", *configfiles]),
+                                workdir=REPO)
+        return set(workflow._workflow._localrules)
+
+
+def test_cheap_rules_are_local_and_a_huge_merge_is_a_job():
+    """localrules is what keeps a job off the cluster (the SLURM test checks it for real)."""
+    cheap = {"summarize", "plot_accuracy", "plot_losses", "plot_images"}
+    assert _local_rules() == cheap | {"merge_shards"}
+    assert _local_rules(REPO / "config" / "presets" / "imagenet21k.yaml") == cheap  # local_merge: false
+
+
 def test_workflow_is_lint_clean_and_formatted():
     lint = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

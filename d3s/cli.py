@@ -179,15 +179,22 @@ def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, th
 @click.option("--pooling", type=click.Choice(["positions", "image"]), default="positions",
               help="positions: every (image, h, w) is a sample; image: one spatially averaged vector per image")
 @click.option("--batch-size", type=int, default=256, help="images per forward pass")
+@click.option("--views", type=click.IntRange(min=0), default=0,
+              help="0: each training image as it is; k: k random-resized-crop (+flip) views of each, the "
+                   "augmentation distillation renders its images with")
+@click.option("--crop-scale-min", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              help="with --views: smallest crop area fraction (as distill's)")
+@click.option("--seed", type=int, default=0, help="with --views: seed of the views")
 @click.option("--out", required=True, type=output, help="statistics artifact to write (.h5)")
 @_runtime_options
-def extract_stats_cmd(teacher, data, pooling, batch_size, out, device, threads):
+def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min, seed, out, device, threads):
     """Mean and full covariance of every BatchNorm input of TEACHER over the real training set."""
     from .data import DatasetSpec
     from .stats import run_extract_stats
     from .teacher import load_teacher
 
-    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, threads)
+    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, threads,
+                      views, crop_scale_min, seed)
 
 
 @main.command("distill")

@@ -23,9 +23,9 @@ from .data import DatasetSpec, load_dataset
 from .errors import D3SError
 from .gaussian import MomentAccumulator
 from .models import bn_layers
-from .runtime import log, log_every, progress
+from .runtime import generator, log, log_every, progress
 from .teacher import Teacher
-from .transforms import resize
+from .transforms import apply_views, resize, sample_views
 
 
 class BNInputRecorder(contextlib.AbstractContextManager):
@@ -66,17 +66,33 @@ def extract_stats(
     batch_size: int,
     device: torch.device,
     workers: int = 0,
+    views: int = 0,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    seed: int = 0,
 ) -> list[LayerStats]:
+    """Streamed moments of every BN input over `dataset`.
+
+    views = 0: each image as it is. views = k > 0: k random-resized-crop (+ flip, if the
+    dataset flips) views of each image, the augmentation distillation renders its images with,
+    so both sides of the KL describe the same kind of input.
+    """
     model = teacher.model.eval()
     normalizer = teacher.normalizer(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    g = generator(seed, 50)
     with BNInputRecorder(model, teacher.path) as rec:
         accs = [MomentAccumulator(m.num_features, device) for _, m in rec.layers]
         every = log_every(len(loader), 10)
         for step, (x, _) in enumerate(progress(loader, desc="stats")):
-            model(resize(normalizer.from_uint8(x.to(device)), teacher.image_size))
-            for acc, feats in zip(accs, rec.inputs):
-                acc.update_features(feats.float(), pooling)
+            x = normalizer.from_uint8(x.to(device))
+            for _ in range(max(views, 1)):
+                if views:
+                    boxes, flips = sample_views(len(x), crop_scale, teacher.hflip, g)
+                    model(apply_views(x, boxes, flips, teacher.image_size))
+                else:
+                    model(resize(x, teacher.image_size))
+                for acc, feats in zip(accs, rec.inputs):
+                    acc.update_features(feats.float(), pooling)
             if (step + 1) % every == 0:
                 log.info("stats: %d/%d batches", step + 1, len(loader))
         names = rec.names
@@ -90,13 +106,17 @@ def extract_stats(
     return out
 
 
-def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0) -> None:
+def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0,
+                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0) -> None:
     data = load_dataset(spec)
     workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
-    layers = extract_stats(teacher, data.train, pooling, batch_size, device, workers)
+    layers = extract_stats(teacher, data.train, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed)
+    config = {"pooling": pooling, "batch_size": batch_size, "views": views}
+    if views:
+        config["crop_scale_min"] = crop_scale_min
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, "stats", config={"pooling": pooling, "batch_size": batch_size}, seed=None,
+        write_provenance(f, "stats", config=config, seed=seed if views else None,
                          classes=teacher.classes, inputs={"teacher": teacher.path, "dataset": spec.to_dict()})
         f.attrs.update(teacher_sha256=teacher.weights_sha256, teacher_arch=teacher.arch, pooling=pooling,
                        hook="bn_input", n_images=len(data.train), layer_names=[s.name for s in layers])

@@ -66,6 +66,26 @@ def test_stats_match_a_direct_computation(tiny):
         assert f.attrs["pooling"] == "positions" and f.attrs["hook"] == "bn_input"
 
 
+def test_stats_through_augmented_views(tiny, tmp_path):
+    """--views k: k crop views per image; full-image views without flips are the plain statistics."""
+    teacher = load_teacher(tiny["teacher"])
+    plain = load_stats(tiny["stats"], teacher)
+    identity, cropped = tmp_path / "identity.h5", tmp_path / "cropped.h5"
+    run_cli("extract-stats", "--teacher", tiny["teacher"], "--data", DIGITS, "--views", "1", "--crop-scale-min", "1",
+            "--out", identity, *FAST)
+    run_cli("extract-stats", "--teacher", tiny["teacher"], "--data", DIGITS, "--views", "2", "--crop-scale-min", "0.3",
+            "--seed", "1", "--out", cropped, *FAST)
+    for p, s in zip(plain, load_stats(identity, teacher)):
+        # scale 1 may still draw a non-square box at aspect 3/4..4/3, clamped to the image: near, not equal
+        assert s.count == p.count
+        assert (s.mean - p.mean).abs().max() < 0.25 * p.cov.diagonal().sqrt().mean()
+    for p, s in zip(plain, load_stats(cropped, teacher)):
+        assert s.count == 2 * p.count  # two views of every image
+        assert not torch.allclose(s.cov, p.cov, rtol=1e-2)
+    with h5py.File(cropped) as f:
+        assert json.loads(f.attrs["config"])["views"] == 2 and int(f.attrs["seed"]) == 1
+
+
 def test_merged_images_cover_every_class_and_ipc(tiny):
     s = load_synthetic(tiny["images"])
     assert s.images.dtype == np.uint8 and s.images.shape == (20, 8, 8, 1)

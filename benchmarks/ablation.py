@@ -3,10 +3,12 @@
 Reuses the teacher and statistics a workflow run made (results/<dataset>/...), then for each
 variant runs the same `d3s` commands as the workflow (distill -> relabel -> evaluate, N seeds)
 and prints final-epoch top-1, mean +- std. A variant is NAME=OPTIONS, the options overriding
-the preset's `distill` section:
+the preset's `distill` section; `--stats-views K` among them distils against statistics taken
+through K crop/flip views per image (`extract-stats --views K`, computed once and cached):
 
     python benchmarks/ablation.py --preset config/presets/cifar10_jpeg.yaml --ipc 10 --seeds 0 1 \
-        --variant 'd3s=' --variant 'init real=--init real' --variant 'sre2l=--method sre2l'
+        --variant 'd3s=' --variant 'init real=--init real' --variant 'sre2l=--method sre2l' \
+        --variant 'views=--stats-views 1'
 
 Work files go to work/ablation/<dataset>/ipc<N>/<variant>/ (reused when present: delete to redo).
 """
@@ -83,9 +85,19 @@ def main() -> None:
                 seconds["select"] = run(["select-real", "--data", spec, "--teacher", teacher, "--ipc", a.ipc,
                                          "--seed", seed, "--out", images], work / "select.log")
             else:
-                seconds["distill"] = run(["distill", "--teacher", teacher, "--stats", stats, "--ipc-end", a.ipc,
+                words, variant_stats = shlex.split(opts), stats
+                if "--stats-views" in words:
+                    k = words.pop(words.index("--stats-views") + 1)
+                    words.remove("--stats-views")
+                    variant_stats = work.parent.parent / f"stats-views{k}.h5"
+                    if not variant_stats.exists():
+                        crop = str(config["distill"].get("crop_scale_min", 0.5))
+                        seconds["stats"] = run(["extract-stats", "--teacher", teacher, "--data", spec,
+                                                *options(config["stats"]), "--views", k, "--crop-scale-min", crop,
+                                                *rt, "--out", variant_stats], work / "stats.log")
+                seconds["distill"] = run(["distill", "--teacher", teacher, "--stats", variant_stats, "--ipc-end", a.ipc,
                                           "--data", spec, "--seed", seed, *options(config["distill"]),
-                                          *shlex.split(opts), *rt, "--out", images], work / "distill.log")
+                                          *words, *rt, "--out", images], work / "distill.log")
         if not labels.exists():
             seconds["relabel"] = run(["relabel", "--images", images, "--teacher", teacher, "--seed", seed,
                                       *options(config["relabel"]), *rt, "--out", labels], work / "relabel.log")

@@ -23,6 +23,13 @@ def feature_samples(x: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"pooling must be 'positions' or 'image', got {pooling!r}")
 
 
+def affine_moments(mean: torch.Tensor, cov: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of y = W x + b for x ~ (mean, cov): (W mean + b, W cov W^T)."""
+    y_mean = weight @ mean + (bias if bias is not None else 0)
+    return y_mean, weight @ cov @ weight.T
+
+
 def batch_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population covariance of rows of `samples` (differentiable, in the input dtype)."""
     mean = samples.mean(0)

@@ -9,6 +9,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from d3s.gaussian import (
+    affine_moments,
     MomentAccumulator,
     MovingMoments,
     feature_moments,
@@ -353,3 +354,15 @@ def test_moment_accumulator_from_feature_maps_matches_numpy():
     assert acc.count == len(rows)
     np.testing.assert_allclose(acc.mean.numpy(), rows.mean(0), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(acc.covariance().numpy(), np.cov(rows, rowvar=False, bias=True), rtol=1e-4, atol=1e-4)
+
+
+def test_affine_moments_match_numpy_on_samples():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 5)) @ rng.normal(size=(5, 5)) + rng.normal(size=5)
+    w, b = rng.normal(size=(7, 5)), rng.normal(size=7)
+    y = x @ w.T + b
+    mean, cov = affine_moments(torch.from_numpy(x.mean(0)), torch.from_numpy(np.cov(x.T, bias=True)),
+                               torch.from_numpy(w), torch.from_numpy(b))
+    np.testing.assert_allclose(mean.numpy(), y.mean(0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cov.numpy(), np.cov(y.T, bias=True), rtol=1e-9, atol=1e-9)
+    assert torch.equal(affine_moments(mean, cov, torch.eye(7, dtype=torch.float64))[1], cov)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import h5py
+import pytest
 import numpy as np
 import torch
 
@@ -278,3 +279,36 @@ def test_real_init_starts_from_the_random_baselines_images(tiny, tmp_path):
     missing = run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "1",
                       "--init", "real", "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
     assert missing.exit_code != 0 and "--init real needs --data" in missing.output
+
+
+@pytest.mark.parametrize("arch", ["convnet3_w32", "resnet18_cifar"])
+def test_first_layer_moments_through_input_patches_equal_direct(arch):
+    """The shortcut (patch moments mapped by the first conv) gives the direct statistics of the first BN input."""
+    from d3s.gaussian import MomentAccumulator
+    from d3s.models import build_model
+    from d3s.stats import BNInputRecorder, InputConvMoments
+
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3, 16).eval()
+    x = torch.randn(8, 3, 16, 16)
+    with BNInputRecorder(model) as rec, torch.no_grad():
+        first = InputConvMoments.find(model, rec, x, "cpu")
+        assert first is not None
+        direct = MomentAccumulator(rec.layers[0][1].num_features)
+        for batch in x.split(3):
+            model(batch)
+            direct.update_features(rec.inputs[0], "positions")
+            first.update(batch)
+    mean, cov, count = first.moments()
+    assert count == direct.count
+    torch.testing.assert_close(mean, direct.mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cov, direct.covariance(), rtol=1e-4, atol=1e-5)
+
+
+def test_no_shortcut_when_something_sits_between_the_conv_and_the_first_bn():
+    from d3s.stats import BNInputRecorder, InputConvMoments
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with BNInputRecorder(model) as rec, torch.no_grad():
+        assert InputConvMoments.find(model, rec, x, "cpu") is None

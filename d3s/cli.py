@@ -220,7 +220,7 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
     plus cross-entropy; writes uint8 images, labels and the loss curve.
     """
     from .checkpoint import Checkpointer
-    from .distill import distill
+    from .distill import distill, shard_slots
     from .stats import load_stats, stats_pooling
     from .synthetic import save_synthetic
     from .teacher import load_teachers
@@ -244,7 +244,7 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
         if data is None:
             raise D3SError("distill: --init real needs --data (the dataset to take the starting images from)")
         last = len(loaded[0].classes) if class_end is None else class_end
-        slots = [(i, c) for i in range(ipc_start, ipc_end) for c in range(class_start, last)]
+        slots = shard_slots(ipc_start, ipc_end, class_start, last)
         init_images = initial_real_images(DatasetSpec.parse(data), loaded, slots, seed)
     result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, params, seed, device,
                      class_start, class_end, method, checkpoint, init_images)

@@ -175,9 +175,9 @@ def distill(
     weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
 
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
-    ipcs, block_classes = range(ipc_start, ipc_end), range(class_start, class_end)
-    labels = torch.tensor([c for _ in ipcs for c in block_classes], dtype=torch.long)
-    ipc_index = np.asarray([i for i in ipcs for _ in block_classes], dtype=np.int64)
+    slots = shard_slots(ipc_start, ipc_end, class_start, class_end)
+    labels = torch.tensor([c for _, c in slots], dtype=torch.long)
+    ipc_index = np.asarray([i for i, _ in slots], dtype=np.int64)
     n = len(labels)
     shard = (ipc_start, ipc_end, class_start, class_end)
     g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
@@ -297,6 +297,11 @@ def distill(
         loss_curves={shard_name(ipc_start, ipc_end, class_start, class_end, num_classes): curves},
         inputs={"teachers": [t.path for t in teachers], "shard": list(shard)},
     )
+
+
+def shard_slots(ipc_start: int, ipc_end: int, class_start: int, class_end: int) -> list[tuple[int, int]]:
+    """The shard's (IPC index, class) slots in image order: IPC-major, so consecutive images differ in class."""
+    return [(i, c) for i in range(ipc_start, ipc_end) for c in range(class_start, class_end)]
 
 
 def shard_name(ipc_start: int, ipc_end: int, class_start: int, class_end: int, num_classes: int) -> str:

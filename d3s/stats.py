@@ -141,11 +141,12 @@ def extract_stats(
                 else:
                     view = resize(x, teacher.image_size)
                 model(view)
-                if first is not None:
+                skip = 0
+                if first is not None:  # the first layer's moments come from the patches instead
                     first.update(view)
-                for i, (acc, feats) in enumerate(zip(accs, rec.inputs)):
-                    if not (i == 0 and first is not None):
-                        acc.update_features(feats.float(), pooling)
+                    skip = 1
+                for acc, feats in zip(accs[skip:], rec.inputs[skip:]):
+                    acc.update_features(feats.float(), pooling)
             if (step + 1) % every == 0:
                 log.info("stats: %d/%d batches", step + 1, len(loader))
         names = rec.names

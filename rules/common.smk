@@ -4,9 +4,29 @@ import json
 import os
 import shlex
 
+import jsonschema
+import yaml
 from snakemake.utils import validate
 
-validate(config, "../config/schema/config.schema.yaml")
+SCHEMA_FILE = os.path.join(workflow.basedir, "config", "schema", "config.schema.yaml")
+# YAML reads `50:` as an int key; JSON Schema checks keys as strings.
+config["distill_by_ipc"] = {
+    str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()
+}
+validate(config, SCHEMA_FILE)
+
+
+def _check_distill_by_ipc():
+    """Each per-IPC entry is checked against `distill`'s schema, its errors naming the entry."""
+    with open(SCHEMA_FILE) as f:
+        schema = yaml.safe_load(f)["properties"]["distill"]
+    for ipc, entry in config["distill_by_ipc"].items():
+        for error in jsonschema.Draft202012Validator(schema).iter_errors(entry):
+            where = ".".join(["distill_by_ipc", ipc, *map(str, error.path)])
+            raise ValueError(f"config: {where}: {error.message}")
+
+
+_check_distill_by_ipc()
 
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
@@ -52,8 +72,12 @@ def dataset_spec(wildcards):
 
 def cli_options(section):
     """A config section as command-line options: {'batch_size': 8} -> '--batch-size 8'."""
+    return options_from(config.get(section, {}))
+
+
+def options_from(settings):
     args = []
-    for key, value in config.get(section, {}).items():
+    for key, value in settings.items():
         name = key.replace("_", "-")
         if isinstance(value, bool):
             args.append(f"--{name}" if value else f"--no-{name}")
@@ -62,10 +86,24 @@ def cli_options(section):
     return " ".join(args)
 
 
-def section_digest(section):
-    """Short hash of a config section, the seed and the teacher set: a param that changes with any of them."""
+def distill_settings(ipc):
+    """The `distill` section as IPC `ipc` runs it: with its `distill_by_ipc` entry applied."""
+    return {**config["distill"], **config["distill_by_ipc"].get(str(ipc), {})}
+
+
+def distill_options(wildcards):
+    return options_from(distill_settings(wildcards.ipc))
+
+
+def distill_digest(wildcards):
+    """Short hash of an IPC's distillation settings, the seed, teachers and statistics config."""
     blob = json.dumps(
-        [config.get(section, {}), config["seed"], teacher_ids(), config["stats"]],
+        [
+            distill_settings(wildcards.ipc),
+            config["seed"],
+            teacher_ids(),
+            config["stats"],
+        ],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

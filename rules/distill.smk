@@ -21,7 +21,7 @@ rule distill_shard:
         stats=input_option("--stats", "stats"),
         classes=class_options,
         data=dataset_spec,
-        opts=cli_options("distill"),
+        opts=distill_options,
         seed=config["seed"],
         device=config["device"],
     shell:
@@ -58,7 +58,7 @@ rule merge_shards:
         shards=input_option("--shard"),
         # Shards are temp(): once merged they are gone, so the distillation settings are a param
         # here too -- a change to them reruns the merge, which brings the shards back.
-        distill_config=section_digest("distill"),
+        distill_config=distill_digest,
     shell:
         "d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"
 

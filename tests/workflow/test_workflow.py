@@ -109,6 +109,22 @@ def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     assert jobs["evaluate_student"] == 8 and "select_real" not in jobs and "evaluate_full" not in jobs
 
 
+def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
+    workdir, config = finished_run
+    changed = {**config, "distill_by_ipc": {2: {"iterations": 21, "lr": 0.05}}}
+    proc = snakemake(workdir, "-n", "-p", config=changed)
+    out = proc.stdout + proc.stderr
+    # IPC 2 runs as two shards of one IPC each, for d3s and sre2l; IPC 1 is untouched
+    assert planned_jobs_from(out) == {"distill_shard": 4, "merge_shards": 2, "relabel": 2, "evaluate_student": 4,
+                                      "summarize": 1, "plot_accuracy": 1, "plot_losses": 1, "plot_images": 2, "all": 1}
+    commands = [line for line in out.splitlines() if "d3s distill" in line]
+    assert len(commands) == 4
+    assert all("--iterations 21" in c and "--lr 0.05" in c and "/ipc2/" in c for c in commands)
+    # an entry that repeats the section's own values changes nothing
+    same = {**config, "distill_by_ipc": {1: {"iterations": config["distill"]["iterations"]}}}
+    assert planned_jobs(workdir, same) == {}
+
+
 def test_changing_relabel_keeps_distilled_images(finished_run):
     workdir, config = finished_run
     changed = {**config, "relabel": {"epochs": 31}}
@@ -130,6 +146,9 @@ def test_changing_the_teacher_reruns_everything(finished_run):
         ({"distill": {"iterations": "many"}}, "'many' is not of type 'integer'"),
         ({"ipcs": [0]}, "0 is less than the minimum of 1"),
         ({"dataset": "cifar"}, "dataset 'cifar' is not defined under 'datasets'"),
+        ({"distill_by_ipc": {2: {"lr": "fast"}}}, "config: distill_by_ipc.2.lr: 'fast' is not of type 'number'"),
+        ({"distill_by_ipc": {2: {"iterationz": 5}}}, "distill_by_ipc.2: Additional properties are not allowed"),
+        ({"distill_by_ipc": {"two": {"lr": 0.1}}}, "'two' does not match"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(tmp_path, patch, message):

@@ -54,6 +54,8 @@ class RelabelParams:
     crop_scale_min: float = hparam(0.5, "smallest random-resized-crop area fraction of a view")
     crop_scale_max: float = hparam(1.0, "largest random-resized-crop area fraction of a view")
     batch_size: int = hparam(256, "images per teacher forward pass (does not change the labels)")
+    top_k: int = hparam(0, "keep each view's k largest logits, the rest of its mass spread evenly over the other "
+                           "classes (0: keep all; for thousands of classes, where dense labels do not fit)")
 
 
 @dataclass

@@ -25,6 +25,7 @@ NOTES = {
     ("distill", "lr"): "Adam on pixels, betas (0.5, 0.9), cosine **[peer: SRe2L]**",
     ("distill", "teacher_mode"): "average over K teachers or one per step **[paper]**",
     ("distill", "r_bn"): "SRe2L's r_bn **[peer]**",
+    ("relabel", "top_k"): "FKD's label compression **[peer]**; dense by default",
     ("relabel", "epochs"): "FKD-style per-epoch views **[peer]**; the paper uses teacher soft labels **[paper]**",
     ("evaluate", "temperature"): "KL at temperature T without T^2 **[peer]**; the protocol is recorded in every result",
 }

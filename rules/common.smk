@@ -16,10 +16,13 @@ config["distill_by_ipc"] = {
 validate(config, SCHEMA_FILE)
 
 
+with open(SCHEMA_FILE) as f:
+    SCHEMA = yaml.safe_load(f)
+
+
 def _check_distill_by_ipc():
     """Each per-IPC entry is checked against `distill`'s schema, its errors naming the entry."""
-    with open(SCHEMA_FILE) as f:
-        schema = yaml.safe_load(f)["properties"]["distill"]
+    schema = SCHEMA["properties"]["distill"]
     for ipc, entry in config["distill_by_ipc"].items():
         for error in jsonschema.Draft202012Validator(schema).iter_errors(entry):
             where = ".".join(["distill_by_ipc", ipc, *map(str, error.path)])
@@ -63,21 +66,36 @@ wildcard_constraints:
 
 
 def dataset_spec(wildcards):
-    """The dataset entry as the JSON spec `d3s --data` takes."""
-    return json.dumps(
-        {"name": wildcards.dataset, **config["datasets"][wildcards.dataset]},
-        sort_keys=True,
-    )
+    """The dataset entry as the JSON spec `d3s --data` takes (keys at their defaults left out, as
+    in options_from: the package has the same defaults, tested)."""
+    defaults = {
+        k: p.get("default") for k, p in SCHEMA["$defs"]["dataset"]["properties"].items()
+    }
+    entry = {
+        k: v
+        for k, v in config["datasets"][wildcards.dataset].items()
+        if k not in defaults or v != defaults[k]
+    }
+    return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
 
 
 def cli_options(section):
     """A config section as command-line options: {'batch_size': 8} -> '--batch-size 8'."""
-    return options_from(config.get(section, {}))
+    return options_from(section, config.get(section, {}))
 
 
-def options_from(settings):
+def options_from(section, settings):
+    """Options for the settings that differ from the schema's defaults: the commands have the same
+    defaults (tested), and a knob that an upgrade adds then changes no command, so reruns nothing.
+    """
+    defaults = {
+        k: p.get("default")
+        for k, p in SCHEMA["properties"][section]["properties"].items()
+    }
     args = []
     for key, value in settings.items():
+        if key in defaults and value == defaults[key]:
+            continue
         name = key.replace("_", "-")
         if isinstance(value, bool):
             args.append(f"--{name}" if value else f"--no-{name}")
@@ -92,17 +110,17 @@ def distill_settings(ipc):
 
 
 def distill_options(wildcards):
-    return options_from(distill_settings(wildcards.ipc))
+    return options_from("distill", distill_settings(wildcards.ipc))
 
 
 def distill_digest(wildcards):
-    """Short hash of an IPC's distillation settings, the seed, teachers and statistics config."""
+    """Short hash of an IPC's distillation options, the seed, teachers and statistics options."""
     blob = json.dumps(
         [
-            distill_settings(wildcards.ipc),
+            distill_options(wildcards),
             config["seed"],
             teacher_ids(),
-            config["stats"],
+            cli_options("stats"),
         ],
         sort_keys=True,
     )

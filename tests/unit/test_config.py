@@ -55,3 +55,20 @@ def test_config_readme_is_rendered_from_the_schema():
     for key in SCHEMA["$defs"]["dataset"]["properties"]:
         assert f"`{key}`" in rendered
     assert (REPO / "config/README.md").read_text() == rendered, "run: python config/schema/make_readme.py"
+
+
+@pytest.mark.parametrize("section, commands", [("teacher", ["train-teacher"]), ("stats", ["extract-stats"]),
+                                               ("distill", ["distill"]), ("relabel", ["relabel"]),
+                                               ("evaluate", ["evaluate", "evaluate-full"])])
+def test_each_commands_defaults_are_the_schemas(section, commands):
+    """The workflow leaves options at their schema default off the command line (so a knob an
+    upgrade adds reruns nothing): that is only right if the command's own default is the same."""
+    from d3s.cli import main
+
+    props = SCHEMA["properties"][section]["properties"]
+    for command in commands:
+        params = {p.name: p for p in main.commands[command].params}
+        for key, prop in props.items():
+            assert key in params, f"{command} has no option for {section}.{key}"
+            default = params[key].default
+            assert (list(default) if isinstance(default, tuple) else default) == prop["default"], f"{command} --{key}"

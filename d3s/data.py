@@ -26,6 +26,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from .errors import D3SError
+from .transforms import resize
 
 SOURCES = ("digits", "hdf5", "torchvision", "imagefolder")
 TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST")
@@ -178,6 +179,26 @@ class ImageFileDataset(Dataset):
         return _load_image(self.files[i], self.size, self.channels), self.labels[i]
 
 
+class ResizedImageDataset(Dataset):
+    """Another image dataset, each image resized (bilinear, antialiased) to `size` when read.
+
+    `image_size` different from an array source's native size is applied here, once, so every
+    stage sees the same pixels: a crop view that shrank the image itself would alias, unlike the
+    test set's plain resize, and the teacher, its statistics and the students would disagree.
+    """
+
+    def __init__(self, base: Dataset, size: int):
+        self.base, self.size, self.labels = base, size, base.labels
+        self.chunk_rows = getattr(base, "chunk_rows", None)  # read order still follows the base's chunks
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return resize(x[None].float(), self.size)[0].round().clamp(0, 255).to(torch.uint8), y
+
+
 @dataclass
 class LoadedDataset:
     spec: DatasetSpec
@@ -206,6 +227,9 @@ def load_dataset(spec: DatasetSpec) -> LoadedDataset:
     data = loader(spec)
     if spec.num_classes is not None and spec.num_classes != data.num_classes:
         raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
+    if spec.image_size and spec.image_size != data.native_size:
+        data.train, data.test = (ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test))
+        data.native_size = spec.image_size
     return data
 
 
@@ -396,7 +420,7 @@ class BlockShuffleSampler(torch.utils.data.Sampler):
 
 def training_sampler(dataset: Dataset, generator: torch.Generator) -> torch.utils.data.Sampler:
     """Random order for in-memory data; block-shuffled order for chunked HDF5 streams."""
-    if isinstance(dataset, HDF5ImageDataset):
+    if getattr(dataset, "chunk_rows", None):
         return BlockShuffleSampler(len(dataset), dataset.chunk_rows, 16, generator)
     return torch.utils.data.RandomSampler(dataset, generator=generator)
 

@@ -188,3 +188,28 @@ def test_block_shuffle_sampler_is_a_permutation_of_local_blocks():
     assert sorted(order) == list(range(1000)) and order != list(range(1000))
     window = order[:256]  # the first window draws from exactly 4 blocks
     assert len({i // 64 for i in window}) <= 4
+
+
+@pytest.mark.parametrize("memory_limit_mb", [2048, 0])
+def test_image_size_below_the_native_size_is_one_antialiased_resize_for_every_stage(tmp_path, memory_limit_mb):
+    """Every reader (teacher, statistics, views, students, test) gets the same resized pixels, so no
+    crop view has to shrink the image itself (a bilinear grid sample would alias)."""
+    import torch.nn.functional as F
+
+    from d3s.data import training_sampler
+
+    path = tmp_path / "d.h5"
+    _h5(path, size=16)
+    native = load_dataset(_spec(source="hdf5", path=str(path), memory_limit_mb=memory_limit_mb))
+    small = load_dataset(_spec(source="hdf5", path=str(path), memory_limit_mb=memory_limit_mb, image_size=8))
+    assert small.native_size == small.image_size == 8 and native.native_size == 16
+    for split in ("train", "test"):
+        x16, y16 = getattr(native, split)[5]
+        x8, y8 = getattr(small, split)[5]
+        expected = F.interpolate(x16[None].float(), size=(8, 8), mode="bilinear", antialias=True)[0]
+        assert x8.dtype == torch.uint8 and x8.shape == (3, 8, 8) and int(y8) == int(y16)
+        assert torch.equal(x8, expected.round().clamp(0, 255).to(torch.uint8))
+    assert torch.equal(small.train.labels, native.train.labels)
+    sampler = training_sampler(small.train, torch.Generator().manual_seed(0))
+    assert isinstance(sampler, BlockShuffleSampler) == (memory_limit_mb == 0)  # streamed reads keep chunk order
+    assert pickle.loads(pickle.dumps(small.train))[7][0].shape == (3, 8, 8)  # crosses into a DataLoader worker

@@ -38,10 +38,20 @@ def real_choice(data, ipc: int, seed: int) -> list[np.ndarray]:
     return chosen
 
 
-def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], image_size: int) -> torch.Tensor:
-    """uint8 [n, C, H, W] images of the (IPC index, class) slots, resized to the teacher's input size."""
-    images = torch.stack([data.train[int(chosen[c][i])][0] for i, c in slots])
-    return resize(images.float(), image_size).round().clamp(0, 255).to(torch.uint8)
+def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], image_size: int,
+                chunk: int = 256) -> torch.Tensor:
+    """uint8 [n, C, H, W] images of the (IPC index, class) slots, resized to the teacher's input size.
+
+    Read and resized a chunk at a time: a float copy of a whole selection would be 4x its uint8
+    size (260 GB for ImageNet-21K at IPC 20).
+    """
+    out = torch.empty(len(slots), data.channels, image_size, image_size, dtype=torch.uint8)
+    for a in range(0, len(slots), chunk):
+        x = torch.stack([data.train[int(chosen[c][i])][0] for i, c in slots[a:a + chunk]])
+        if x.shape[-1] != image_size or x.shape[-2] != image_size:
+            x = resize(x.float(), image_size).round().clamp(0, 255).to(torch.uint8)
+        out[a:a + chunk] = x
+    return out
 
 
 def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[tuple[int, int]], seed: int) -> torch.Tensor:

@@ -213,3 +213,18 @@ def test_image_size_below_the_native_size_is_one_antialiased_resize_for_every_st
     sampler = training_sampler(small.train, torch.Generator().manual_seed(0))
     assert isinstance(sampler, BlockShuffleSampler) == (memory_limit_mb == 0)  # streamed reads keep chunk order
     assert pickle.loads(pickle.dumps(small.train))[7][0].shape == (3, 8, 8)  # crosses into a DataLoader worker
+
+
+def test_real_images_are_read_in_chunks_with_the_same_result(tmp_path):
+    from d3s.baselines import real_choice, real_images
+
+    path = tmp_path / "d.h5"
+    _h5(path, size=16)
+    data = load_dataset(_spec(source="hdf5", path=str(path)))
+    chosen = real_choice(data, ipc=4, seed=0)
+    slots = [(i, c) for i in range(4) for c in range(3)]
+    for size in (16, 8):  # as stored, and resized to a smaller teacher
+        whole = real_images(data, chosen, slots, size, chunk=1000)
+        assert whole.dtype == torch.uint8 and whole.shape == (12, 3, size, size)
+        assert torch.equal(real_images(data, chosen, slots, size, chunk=5), whole)
+    assert torch.equal(real_images(data, chosen, slots, 16)[4], data.train[int(chosen[1][1])][0])  # slot (1, 1)

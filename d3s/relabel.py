@@ -85,7 +85,9 @@ def generate_soft_labels(
     n, c = len(images), len(t0.classes)
     if params.top_k < 0:
         raise D3SError(f"relabel: top_k must be 0 (keep all logits) or positive, got {params.top_k}")
-    k = params.top_k if params.top_k < c else 0  # k >= C keeps everything: store dense
+    k = params.top_k if params.top_k < c else 0
+    if params.top_k >= c:
+        log.info("relabel: top_k %d >= %d classes: storing all logits", params.top_k, c)
     scale = (params.crop_scale_min, params.crop_scale_max)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,

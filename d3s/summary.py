@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from .artifacts import atomic_path, open_artifact
 from .errors import D3SError
+from .hparams import RelabelParams
 
 METHOD_ORDER = ["d3s", "sre2l", "random", "full"]
 COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1",
@@ -20,7 +22,12 @@ def protocol_hash(result: dict) -> str:
     """Short hash of how the student was trained and tested: rows with equal hashes are comparable."""
     keys = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "t2_scale", "label_mode", "optimizer",
             "schedule", "reported", "label_epochs", "relabel", "crop_scale_min", "crop_scale_max")
-    blob = json.dumps({k: result["protocol"].get(k) for k in keys}, sort_keys=True)
+    protocol = {k: result["protocol"].get(k) for k in keys}
+    if protocol["relabel"]:
+        # a setting at its default is what a result made before the setting existed did too
+        defaults = {f.name: f.default for f in dataclasses.fields(RelabelParams)}
+        protocol["relabel"] = {k: v for k, v in protocol["relabel"].items() if k not in defaults or v != defaults[k]}
+    blob = json.dumps(protocol, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

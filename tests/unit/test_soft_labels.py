@@ -70,3 +70,16 @@ def test_negative_top_k_is_refused(tiny, tmp_path, k):
     out = run_cli("relabel", "--images", tiny["images"], "--teacher", tiny["teacher"], "--top-k", k,
                   "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
     assert out.exit_code != 0 and "top_k must be 0" in out.output and not (tmp_path / "x.h5").exists()
+
+
+def test_protocol_hash_counts_a_relabel_setting_at_its_default_as_absent():
+    """Results made before `top_k` existed stay comparable with new dense-label results."""
+    from d3s.summary import protocol_hash
+
+    relabel = {"epochs": 200, "crop_scale_min": 0.5, "crop_scale_max": 1.0, "batch_size": 256}
+    older = {"protocol": {"epochs": 200, "lr": 0.001, "relabel": relabel}}
+    dense = {"protocol": {"epochs": 200, "lr": 0.001, "relabel": {**relabel, "top_k": 0}}}
+    top5 = {"protocol": {"epochs": 200, "lr": 0.001, "relabel": {**relabel, "top_k": 5}}}
+    fewer_epochs = {"protocol": {"epochs": 200, "lr": 0.001, "relabel": {**relabel, "epochs": 100, "top_k": 0}}}
+    assert protocol_hash(older) == protocol_hash(dense)
+    assert len({protocol_hash(dense), protocol_hash(top5), protocol_hash(fewer_epochs)}) == 3

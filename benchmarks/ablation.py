@@ -3,8 +3,9 @@
 Reuses the teacher and statistics a workflow run made (results/<dataset>/...), then for each
 variant runs the same `d3s` commands as the workflow (distill -> relabel -> evaluate, N seeds)
 and prints final-epoch top-1, mean +- std. A variant is NAME=OPTIONS, the options overriding
-the preset's `distill` section; `--stats-views K` among them distils against statistics taken
-through K crop/flip views per image (`extract-stats --views K`, computed once and cached):
+the preset's `distill` section as the workflow runs this IPC (`distill_by_ipc` applied);
+`--stats-views K` among them distils against statistics taken through K crop/flip views per
+image (`extract-stats --views K`, computed once and cached):
 
     python benchmarks/ablation.py --preset config/presets/cifar10_jpeg.yaml --ipc 10 --seeds 0 1 \
         --variant 'd3s=' --variant 'init real=--init real' --variant 'sre2l=--method sre2l' \
@@ -70,6 +71,8 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"{path} is missing: run the workflow with {a.preset} first (its teacher and statistics are reused)")
     seed, rt = str(config.get("seed", 0)), ["--device", "auto", "--threads", str(a.threads)]
+    by_ipc = {str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()}
+    distill = {**config["distill"], **by_ipc.get(str(a.ipc), {})}  # as the workflow distils this IPC
 
     variants = [v.split("=", 1) if "=" in v else (v, "") for v in a.variant]
     if a.random:
@@ -91,12 +94,12 @@ def main() -> None:
                     words.remove("--stats-views")
                     variant_stats = work.parent.parent / f"stats-views{k}.h5"
                     if not variant_stats.exists():
-                        crop = str(config["distill"].get("crop_scale_min", 0.5))
+                        crop = str(distill.get("crop_scale_min", 0.5))
                         seconds["stats"] = run(["extract-stats", "--teacher", teacher, "--data", spec,
                                                 *options(config["stats"]), "--views", k, "--crop-scale-min", crop,
                                                 *rt, "--out", variant_stats], work / "stats.log")
                 seconds["distill"] = run(["distill", "--teacher", teacher, "--stats", variant_stats, "--ipc-end", a.ipc,
-                                          "--data", spec, "--seed", seed, *options(config["distill"]),
+                                          "--data", spec, "--seed", seed, *options(distill),
                                           *words, *rt, "--out", images], work / "distill.log")
         if not labels.exists():
             seconds["relabel"] = run(["relabel", "--images", images, "--teacher", teacher, "--seed", seed,

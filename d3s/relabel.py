@@ -4,7 +4,7 @@ For each epoch and each synthetic image: one seeded random-resized-crop (+ flip)
 mean of the teachers' logits on that view, stored fp16. The view parameters are stored too, so
 the student sees exactly the pixels the label was computed on.
 
-Dense labels take epochs x N x C x 2 bytes: 1.3 TB for ImageNet-21K at IPC 10 and 300 epochs.
+Dense labels take epochs x N x C x 2 bytes: 2.9 TB for ImageNet-21K at IPC 10 and 300 epochs.
 With `top_k` only each view's k largest logits, their classes and the log-sum-exp of the other
 logits are stored; the student sees logits whose softmax keeps those k probabilities exactly
 and spreads the remaining mass evenly over the other classes (FKD's label compression).
@@ -108,17 +108,21 @@ def generate_soft_labels(
         for epoch in progress(range(params.epochs), desc="relabel"):
             g = generator(seed, 20, epoch)  # per-epoch stream: any epoch can be regenerated alone
             b, fl = sample_views(n, scale, t0.hflip, g)
-            out_logits = torch.empty(n, c)
+            # one epoch's kept labels only: a dense float epoch would be 38 GB at ImageNet-21K
+            kept = torch.empty(n, k or c, dtype=torch.float16)
+            kept_classes, kept_rest = (torch.empty(n, k, dtype=torch.int64), torch.empty(n)) if k else (None, None)
             for start in range(0, n, params.batch_size):
                 sl = slice(start, start + params.batch_size)
                 view = apply_views(normalizer.from_uint8(images[sl]), b[sl], fl[sl], t0.image_size)
-                out_logits[sl] = torch.stack([t.model(view).float() for t in teachers]).mean(0).cpu()
-            boxes[epoch], flips[epoch] = b.numpy(), fl.numpy()
+                batch_logits = torch.stack([t.model(view).float() for t in teachers]).mean(0).cpu()
+                if k:
+                    values, kept_classes[sl], kept_rest[sl] = top_k_logits(batch_logits, k)
+                    kept[sl] = values.half()
+                else:
+                    kept[sl] = batch_logits.half()
+            boxes[epoch], flips[epoch], logits[epoch] = b.numpy(), fl.numpy(), kept.numpy()
             if k:
-                v, cls, r = top_k_logits(out_logits, k)
-                logits[epoch], classes[epoch], rest[epoch] = v.half().numpy(), cls.numpy(), r.numpy()
-            else:
-                logits[epoch] = out_logits.half().numpy()
+                classes[epoch], rest[epoch] = kept_classes.numpy(), kept_rest.numpy()
             if (epoch + 1) % every == 0:
                 log.info("relabel: epoch %d/%d", epoch + 1, params.epochs)
 

@@ -16,7 +16,7 @@ from .errors import D3SError
 from .runtime import generator
 from .synthetic import SyntheticSet
 from .teacher import Teacher
-from .transforms import resize
+from .transforms import resize_uint8
 
 
 def class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
@@ -48,9 +48,7 @@ def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], im
     out = torch.empty(len(slots), data.channels, image_size, image_size, dtype=torch.uint8)
     for a in range(0, len(slots), chunk):
         x = torch.stack([data.train[int(chosen[c][i])][0] for i, c in slots[a:a + chunk]])
-        if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = resize(x.float(), image_size).round().clamp(0, 255).to(torch.uint8)
-        out[a:a + chunk] = x
+        out[a:a + chunk] = resize_uint8(x, image_size)
     return out
 
 

@@ -26,7 +26,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from .errors import D3SError
-from .transforms import resize
+from .transforms import resize_uint8
 
 SOURCES = ("digits", "hdf5", "torchvision", "imagefolder")
 TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST")
@@ -196,7 +196,7 @@ class ResizedImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         x, y = self.base[i]
-        return resize(x[None].float(), self.size)[0].round().clamp(0, 255).to(torch.uint8), y
+        return resize_uint8(x[None], self.size)[0], y
 
 
 @dataclass

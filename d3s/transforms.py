@@ -46,6 +46,13 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] images resized (antialiased) to size x size, rounded back to uint8."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return resize(x.float(), size).round().clamp(0, 255).to(torch.uint8)
+
+
 def sample_views(
     n: int,
     scale: Sequence[float],

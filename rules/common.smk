@@ -68,15 +68,20 @@ wildcard_constraints:
 def dataset_spec(wildcards):
     """The dataset entry as the JSON spec `d3s --data` takes (keys at their defaults left out, as
     in options_from: the package has the same defaults, tested)."""
-    defaults = {
-        k: p.get("default") for k, p in SCHEMA["$defs"]["dataset"]["properties"].items()
-    }
-    entry = {
-        k: v
-        for k, v in config["datasets"][wildcards.dataset].items()
-        if k not in defaults or v != defaults[k]
-    }
+    entry = without_defaults(
+        SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset]
+    )
     return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
+
+
+def without_defaults(schema, settings):
+    """The settings whose value differs from the schema's default for that key."""
+    props = schema["properties"]
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in props or v != props[k].get("default")
+    }
 
 
 def cli_options(section):
@@ -88,14 +93,8 @@ def options_from(section, settings):
     """Options for the settings that differ from the schema's defaults: the commands have the same
     defaults (tested), and a knob that an upgrade adds then changes no command, so reruns nothing.
     """
-    defaults = {
-        k: p.get("default")
-        for k, p in SCHEMA["properties"][section]["properties"].items()
-    }
     args = []
-    for key, value in settings.items():
-        if key in defaults and value == defaults[key]:
-            continue
+    for key, value in without_defaults(SCHEMA["properties"][section], settings).items():
         name = key.replace("_", "-")
         if isinstance(value, bool):
             args.append(f"--{name}" if value else f"--no-{name}")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,38 @@ def stop_requested() -> bool:
     return bool(_stop_signal)
 
 
-class Checkpointer:
-    """Save/load one stage's state in `directory`; a no-op when directory is None."""
+DEFAULT_MINUTES = 15.0
 
-    def __init__(self, directory: str | os.PathLike | None, fingerprint: dict[str, Any], every: int):
+
+class Checkpointer:
+    """Save/load one stage's state in `directory`; a no-op when directory is None.
+
+    A checkpoint is due every `every` steps (or epochs; 0: never by count) and every `minutes`
+    of wall time (0: never by time): by count alone, "every 500 steps" of an ImageNet shard
+    would write gigabytes every few seconds on a fast GPU, or far too rarely on a slow one.
+    With several processes only rank 0 writes; every rank reads.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None, fingerprint: dict[str, Any], every: int,
+                 minutes: float = DEFAULT_MINUTES, clock=time.monotonic):
         self.dir = Path(directory) if directory else None
         self.fingerprint = json.loads(json.dumps({**fingerprint, "code_version": code_version()}, sort_keys=True, default=str))
         self.every = max(0, int(every))
+        self.minutes = max(0.0, float(minutes))
+        self._clock = clock
+        self._last = clock()
 
     @property
     def enabled(self) -> bool:
         return self.dir is not None
 
     def due(self, step: int) -> bool:
-        """After `step` completed steps (1-based count), is a periodic checkpoint due?"""
-        return self.enabled and self.every > 0 and step % self.every == 0
+        """After `step` completed steps (1-based count), is a checkpoint due (by count or by time)?"""
+        if not self.enabled:
+            return False
+        by_count = self.every > 0 and step % self.every == 0
+        by_time = self.minutes > 0 and self._clock() - self._last >= 60 * self.minutes
+        return by_count or by_time
 
     def load(self) -> dict[str, Any] | None:
         if not self.enabled or not (self.dir / "state.pt").exists():
@@ -84,26 +102,44 @@ class Checkpointer:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        if not self.enabled:
+        self._last = self._clock()
+        if not self.enabled or _rank() != 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".state.pt.tmp-{os.getpid()}"
         torch.save(state, tmp)
         (self.dir / "fingerprint.json").write_text(json.dumps(self.fingerprint, indent=1, sort_keys=True))
         os.replace(tmp, self.dir / "state.pt")
-        log.info("checkpoint saved at step %d in %s", state["step"], self.dir)
+        size = (self.dir / "state.pt").stat().st_size
+        log.info("checkpoint saved at step %d in %s (%.1f MB)", state["step"], self.dir, size / 1e6)
 
-    def maybe_stop(self, state_fn) -> None:
-        """If a stop signal arrived: save `state_fn()` and raise Preempted."""
-        if stop_requested():
+    def maybe_stop(self, state_fn, device: torch.device | None = None) -> None:
+        """If a stop signal arrived: save `state_fn()` and raise Preempted.
+
+        With `device`, the ranks of a multi-process job agree first (a collective: call it at
+        the same point on every rank), so all of them stop after the same step.
+        """
+        stop = stop_requested()
+        if device is not None:
+            from .distributed import any_rank
+
+            stop = any_rank(stop, device)
+        if stop:
             state = state_fn()
             self.save(state)
             where = f"checkpoint in {self.dir}" if self.enabled else "no --resume-dir, so nothing was kept"
-            raise Preempted(f"stopped by signal {_stop_signal[0]} after step {state['step']}; {where}")
+            signum = _stop_signal[0] if _stop_signal else "to another rank"
+            raise Preempted(f"stopped by signal {signum} after step {state['step']}; {where}")
 
     def clear(self) -> None:
-        if self.enabled and self.dir.exists():
+        if self.enabled and self.dir.exists() and _rank() == 0:
             shutil.rmtree(self.dir)
+
+
+def _rank() -> int:
+    from .distributed import ranks
+
+    return ranks().rank
 
 
 def training_state(step: int, model, optimiser, schedule, generators: dict[str, torch.Generator], **extra) -> dict:

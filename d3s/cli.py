@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -40,41 +41,67 @@ def _take(cls, kwargs: dict):
     return cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
 
 
+# Stages that run on several processes (torchrun --nproc_per_node N d3s <stage> ...): the rest refuse.
+MULTI_PROCESS_STAGES = ("train-teacher", "evaluate", "evaluate-full", "relabel")
+
+
 def _runtime_options(fn):
-    """--device, --threads, --verbose: where a stage runs (not what it computes)."""
+    """--device, --threads, --channels-last, --compile, --verbose: where and how fast a stage runs."""
     fn = click.option("--verbose", is_flag=True, help="debug logging")(fn)
-    fn = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")(fn)
+    fn = click.option("--compile/--no-compile", "compile_models", default=False, show_default=True,
+                      help="torch.compile the trained / relabelling models (minutes of start-up; for long GPU jobs)")(fn)
+    fn = click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                      help="NHWC memory format for models and batches; auto: on CUDA only")(fn)
+    fn = click.option("--threads", type=int, default=None,
+                      help="CPU threads for torch, for the whole job: split over torchrun's processes (default: torch's choice)")(fn)
     fn = click.option("--device", default="auto", show_default=True,
-                      help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")(fn)
+                      help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N; under torchrun each rank "
+                           "takes the GPU of its LOCAL_RANK")(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args, device, threads, verbose, **kwargs):
+    def wrapper(*args, device, threads, channels_last, compile_models, verbose, **kwargs):
+        from . import distributed
         from .checkpoint import EXIT_PREEMPTED, Preempted, install_stop_handlers
-        from .runtime import configure, resolve_device, setup_logging
+        from .runtime import configure, configure_speed, resolve_device, setup_logging
 
-        setup_logging(verbose)
-        configure(threads, kwargs.get("seed"))
-        if kwargs.get("resume_dir"):  # only stages that can checkpoint defer a stop signal
-            install_stop_handlers()
+        stage = click.get_current_context().info_name
+        world = distributed.launched_world_size()
+        setup_logging(verbose, rank=int(os.environ.get("RANK", "0")))
         try:
-            return fn(*args, device=resolve_device(device), threads=threads or 0, **kwargs)
+            if world > 1 and stage not in MULTI_PROCESS_STAGES:
+                raise D3SError(f"{stage} runs on one process; started with WORLD_SIZE={world} "
+                               f"(torchrun runs {', '.join(MULTI_PROCESS_STAGES)})")
+            if world > 1 and threads:  # --threads is the job's: each of its processes gets a share
+                threads = max(1, threads // world)
+            configure(threads, kwargs.get("seed"))
+            if kwargs.get("resume_dir"):  # only stages that can checkpoint defer a stop signal
+                install_stop_handlers()
+            run_on = distributed.init_from_env(resolve_device(device))
+            configure_speed(run_on, channels_last, compile_models)
+            return fn(*args, device=run_on, threads=threads or 0, **kwargs)
         except D3SError as e:
             raise click.ClickException(str(e)) from None
         except Preempted as e:
             click.echo(f"Preempted: {e}", err=True)
             sys.exit(EXIT_PREEMPTED)
+        finally:
+            distributed.shutdown()
 
     return wrapper
 
 
 def _resume_options(stage: str, every: int, unit: str):
-    """--resume-dir / --checkpoint-every: periodic checkpoints a restarted job continues from.
+    """--resume-dir / --checkpoint-every / --checkpoint-minutes: checkpoints a restarted job continues from.
 
-    The workflow sets the frequency through D3S_<STAGE>_CHECKPOINT_EVERY, not a rule param: it
-    changes no result, and a param change would rerun the job.
+    The workflow sets the frequency through D3S_<STAGE>_CHECKPOINT_EVERY and
+    D3S_CHECKPOINT_MINUTES, not rule params: it changes no result, and a param change would
+    rerun the job.
     """
 
     def deco(fn):
+        fn = click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
+                          envvar="D3S_CHECKPOINT_MINUTES", show_envvar=True,
+                          help="with --resume-dir: also save a checkpoint every M minutes of wall time (0: never by time)")(fn)
         fn = click.option("--checkpoint-every", type=click.IntRange(min=0), default=every, show_default=True,
                           envvar=f"D3S_{stage.upper()}_CHECKPOINT_EVERY", show_envvar=True,
                           help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on SIGTERM/SIGUSR1)")(fn)
@@ -138,7 +165,7 @@ def dataset_info_cmd(data, out, device, threads):
 @_hparam_options(RealTrainingParams)
 @_resume_options("teacher", 5, "epochs")
 @_runtime_options
-def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every, device, threads, **kw):
+def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Train a teacher on the real training set; record its test accuracy.
 
     Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
@@ -148,7 +175,7 @@ def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every,
     from .teacher import train_teacher
 
     train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info,
-                  resume_dir, checkpoint_every)
+                  resume_dir, checkpoint_every, checkpoint_minutes)
 
 
 @main.command("import-teacher")
@@ -213,7 +240,7 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min,
 @_resume_options("distill", 500, "optimisation steps")
 @_runtime_options
 def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, data, out, resume_dir,
-                checkpoint_every, device, threads, **kw):
+                checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
@@ -235,7 +262,7 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
         "stage": "distill", "method": method, "params": dataclasses.asdict(params), "pooling": pooling, "seed": seed,
         "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes,
         "shard": [ipc_start, ipc_end, class_start, class_end],
-    }, checkpoint_every)
+    }, checkpoint_every, checkpoint_minutes)
     init_images = None
     if params.init == "real":
         from .baselines import initial_real_images
@@ -316,7 +343,8 @@ def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
 @_hparam_options(EvalParams)
 @_resume_options("evaluate", 50, "epochs")
 @_runtime_options
-def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_dir, checkpoint_every, device, threads, **kw):
+def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_dir, checkpoint_every, checkpoint_minutes,
+                 device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
     from .data import DatasetSpec
     from .evaluate import run_evaluate
@@ -325,7 +353,7 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
                  threads, meta={"dataset": dataset_name or spec.name}, resume_dir=resume_dir,
-                 checkpoint_every=checkpoint_every)
+                 checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
 
 
 @main.command("evaluate-full")
@@ -337,8 +365,10 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
+@_resume_options("evaluate_full", 1, "epochs")
 @_runtime_options
-def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, device, threads, **kw):
+def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, resume_dir, checkpoint_every, checkpoint_minutes,
+                      device, threads, **kw):
     """The 'full' upper bound: a student trained on the whole real training set (FULL_EPOCHS epochs).
 
     Soft mode uses the teachers' mean logits on each augmented batch (online); hard mode the labels.
@@ -349,7 +379,8 @@ def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, device, 
 
     spec = DatasetSpec.parse(data)
     run_evaluate_full(load_teachers(list(teachers), device), spec, student, _take(EvalParams, kw), seed, out, device,
-                      threads, meta={"dataset": dataset_name or spec.name})
+                      threads, meta={"dataset": dataset_name or spec.name}, resume_dir=resume_dir,
+                      checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
 
 
 @main.command("summarize")

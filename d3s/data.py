@@ -425,6 +425,50 @@ def training_sampler(dataset: Dataset, generator: torch.Generator) -> torch.util
     return torch.utils.data.RandomSampler(dataset, generator=generator)
 
 
+class RankBatchSampler(torch.utils.data.Sampler):
+    """Global batches of `sampler`'s order, of which this rank takes its contiguous share.
+
+    With one process these are exactly DataLoader(batch_size, sampler, drop_last)'s batches;
+    with N, the union of the ranks' batches is each global batch, so the run follows the
+    1-process one at the same global batch.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, ranks):
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
+        self.ranks = ranks
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.ranks.share(len(batch))]
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Global batches in one epoch of `training_loader`: full ones only, or the whole set when smaller."""
+    return n // batch_size if n > batch_size else 1
+
+
+def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, workers: int,
+                    device: torch.device, ranks) -> torch.utils.data.DataLoader:
+    """Shuffled global batches (this rank's share), pinned for asynchronous copies to a GPU."""
+    if ranks.world > 1 and min(batch_size, len(dataset)) < ranks.world:
+        raise D3SError(f"a global batch of {min(batch_size, len(dataset))} images cannot be split over {ranks.world} "
+                       "processes; use a larger batch_size or fewer processes")
+    batches = RankBatchSampler(training_sampler(dataset, generator), batch_size, len(dataset) > batch_size, ranks)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                       persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+
+def evaluation_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, ranks):
+    """The dataset in order, every world-th item from this rank's (ranks' counts are summed)."""
+    if ranks.world > 1:
+        dataset = torch.utils.data.Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=device.type == "cuda")
+
+
 def channel_moments(dataset: Dataset, batch_size: int = 512, workers: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a uint8 image dataset in [0, 1] units, streamed in batches."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

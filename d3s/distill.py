@@ -23,29 +23,26 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpointer
+from .engine import CLEAN
 from .errors import D3SError
+from .gaussian import GaussianTargets, MovingMoments, feature_moments, gaussian_kl_batched, gaussian_target
 from .hparams import DistillParams
-from .gaussian import GaussianTarget, MovingMoments, feature_moments, gaussian_kl, gaussian_target
-from .runtime import generator, log, log_every, progress
+from .runtime import autocast, full_precision, generator, log, log_every, prepare_input, prepare_model, progress, to_device
 from .stats import BNInputRecorder, LayerStats
 from .synthetic import SyntheticSet
 from .teacher import Teacher
 from .training import cosine_schedule
-from .transforms import apply_views, sample_views
+from .transforms import apply_views, roll_by, sample_views
 
 
-
-
-def _check_finite(value: torch.Tensor, what: str, iteration: int, teacher: Teacher) -> None:
-    if not torch.isfinite(value):
-        raise D3SError(
-            f"distill: {what} is {value.item()} at iteration {iteration} (teacher {teacher.path}); "
-            "check the statistics file, or try a larger 'ridge' or a smaller 'lr'"
-        )
 
 
 class GaussianMatching:
-    """D3S: per-layer KL between the real Gaussian and the synthetic set's (moving) Gaussian."""
+    """D3S: per-layer KL between the real Gaussian and the synthetic set's (moving) Gaussian.
+
+    Layers of equal width are factorised together: one batched Cholesky per width and teacher
+    per step (ResNet-18 has 4 widths for its 20 BatchNorm layers), not one call per layer.
+    """
 
     name = "d3s"
 
@@ -58,17 +55,21 @@ class GaussianMatching:
                                f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)")
         self.diagonal = params.covariance == "diagonal"
         self.pooling = pooling
-        self.targets: list[list[GaussianTarget]] = [
-            [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats]
-            for layer_stats in stats
-        ]
+        # per teacher: [(layer indices of one width, their stacked targets)]
+        self.groups: list[list[tuple[list[int], GaussianTargets]]] = []
+        for layer_stats in stats:
+            targets = [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats]
+            widths: dict[int, list[int]] = {}
+            for l, t in enumerate(targets):
+                widths.setdefault(t.dim, []).append(l)
+            self.groups.append([(ls, GaussianTargets.stack([targets[l] for l in ls])) for ls in widths.values()])
         self.moving: list[list[MovingMoments]] = []  # per teacher and layer, once the block sizes are known
         self.momentum = params.ema_momentum
         self.weight = params.kl_weight
         self.first_layer_weight = params.first_layer_weight
 
     def _shape(self, cov: torch.Tensor) -> torch.Tensor:
-        return torch.diag_embed(torch.diagonal(cov)) if self.diagonal else cov
+        return torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1)) if self.diagonal else cov
 
     def moments(self, feats: torch.Tensor):
         mean, cov = feature_moments(feats.float(), self.pooling)
@@ -77,7 +78,7 @@ class GaussianMatching:
     def state_dict(self) -> dict:
         return {"moving": [[mm.state_dict() for mm in layers] for layers in self.moving]}
 
-    def load_state_dict(self, state: dict, n_teachers: int, sizes: list[int], device) -> None:
+    def load_state_dict(self, state: dict, sizes: list[int], device) -> None:
         self.moving = []
         for layers in state["moving"]:
             restored = [MovingMoments(self.momentum, sizes) for _ in layers]
@@ -88,23 +89,27 @@ class GaussianMatching:
     @torch.no_grad()
     def initialise(self, k: int, per_block_moments: list[list[tuple]], sizes: list[int]) -> None:
         if len(self.moving) <= k:
-            self.moving.append([MovingMoments(self.momentum, sizes) for _ in self.targets[k]])
+            n_layers = sum(len(ls) for ls, _ in self.groups[k])
+            self.moving.append([MovingMoments(self.momentum, sizes) for _ in range(n_layers)])
         for l, mm in enumerate(self.moving[k]):
             mm.initialise([block[l] for block in per_block_moments])
 
-    def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
-        target = self.targets[k][l]
-        mean_b, cov_b = self.moments(feats)
-        mm = self.moving[k][l] if self.moving else None
-        mean, cov = mm.combine(b, mean_b, cov_b) if mm else (mean_b, cov_b)
-        cov = self._shape(cov)  # combining blocks adds between-block scatter off the diagonal
-        try:
-            kl = gaussian_kl(target, mean, cov) / target.dim
-        except torch.linalg.LinAlgError:
-            kl = torch.tensor(float("nan"), dtype=torch.float64)
+    def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
+        """Each layer's KL / D_l for teacher k with block b live: float64 [L], NaN where a factorisation failed."""
+        live = [self.moments(f) for f in feats]
+        mm = self.moving[k] if self.moving else None
+        whole = [mm[l].combine(b, *live[l]) for l in range(len(live))] if mm else live
+        terms: list[torch.Tensor | None] = [None] * len(live)
+        for layers, targets in self.groups[k]:
+            means = torch.stack([whole[l][0] for l in layers])
+            covs = self._shape(torch.stack([whole[l][1] for l in layers]))  # combining adds off-diagonal scatter
+            kl = gaussian_kl_batched(targets, means, covs) / targets.dim
+            for i, l in enumerate(layers):
+                terms[l] = kl[i]
         if mm:
-            mm.update(b, mean_b, cov_b)
-        return kl
+            for l, (mean_b, cov_b) in enumerate(live):
+                mm[l].update(b, mean_b, cov_b)
+        return torch.stack(terms)
 
 
 class RunningStatsMatching:
@@ -126,14 +131,153 @@ class RunningStatsMatching:
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state, n_teachers, sizes, device) -> None:
+    def load_state_dict(self, state, sizes, device) -> None:
         pass
 
-    def layer_loss(self, k: int, l: int, feats: torch.Tensor, b: int) -> torch.Tensor:
-        running_mean, running_var = self.buffers[k][l]
-        x = feats.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
-        var, mean = torch.var_mean(x, dim=1, unbiased=False)
-        return (torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)).double()
+    def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
+        terms = []
+        for (running_mean, running_var), f in zip(self.buffers[k], feats):
+            x = f.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
+            var, mean = torch.var_mean(x, dim=1, unbiased=False)
+            terms.append((torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)).double())
+        return torch.stack(terms)
+
+
+class Synthesis:
+    """One shard's optimisation state and its step: pixels per minibatch (block), their Adam
+    optimisers and cosine schedules, the augmentation stream, the objective and the loss curves.
+
+    A step reads nothing back from the device: loss curves and the first non-finite
+    (iteration, layer) are recorded there and read by `read` at log intervals.
+    """
+
+    def __init__(self, teachers, recorders, objective, labels: torch.Tensor, init: torch.Tensor,
+                 params: DistillParams, g_aug: torch.Generator, device: torch.device):
+        self.teachers, self.recorders, self.objective, self.params = teachers, recorders, objective, params
+        self.device, self.g_aug = device, g_aug
+        t0 = teachers[0]
+        self.size, self.hflip = t0.image_size, t0.hflip
+        self.lo, self.hi = t0.normalizer(device).bounds()
+        n = len(labels)
+        self.blocks = [slice(b, min(b + params.batch_size, n)) for b in range(0, n, params.batch_size)]
+        self.labels = [to_device(labels[b], device) for b in self.blocks]
+        self.pixels = [torch.nn.Parameter(init[b].clone()) for b in self.blocks]
+        self.optimisers = [torch.optim.Adam([p], lr=params.lr, betas=(0.5, 0.9)) for p in self.pixels]
+        self.schedules = [cosine_schedule(o, params.iterations) for o in self.optimisers]
+        # the first layer's loss has its own weight; teachers of different architectures have different layer counts
+        self.weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
+        self.curves = torch.zeros(3, params.iterations, dtype=torch.float64, device=device)  # total, match, ce
+        # first iteration with a non-finite term, per teacher and layer (+ one for the total loss); CLEAN: none
+        self.first_bad = [torch.full((len(rec.names) + 1,), CLEAN, dtype=torch.int64, device=device) for rec in recorders]
+
+    @property
+    def steps(self) -> int:
+        return self.params.iterations * len(self.blocks)
+
+    def render(self, x: torch.Tensor) -> torch.Tensor:
+        """A random-resized-crop (+ flip) view of each image after a random roll (jitter)."""
+        p = self.params
+        boxes, flips = sample_views(len(x), (p.crop_scale_min, p.crop_scale_max), self.hflip, self.g_aug, self.device)
+        if p.jitter:
+            dx_dy = torch.randint(-p.jitter, p.jitter + 1, (2,), generator=self.g_aug)
+            x = roll_by(x, to_device(dx_dy.flip(0), self.device))
+        return apply_views(x, boxes, flips, self.size)
+
+    def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.params.precision):
+            return self.teachers[k].model(prepare_input(x))
+
+    @torch.no_grad()
+    def initialise_statistics(self) -> None:
+        """Start the whole-set statistics exact: every block's moments under one view (moments only,
+        the feature maps of every block would not fit at scale)."""
+        if len(self.blocks) == 1:
+            return
+        for k, rec in enumerate(self.recorders):
+            per_block = []
+            for p in self.pixels:
+                self.forward(k, self.render(p))
+                with full_precision(self.device):
+                    per_block.append([self.objective.moments(f) for f in rec.inputs])
+            self.objective.initialise(k, per_block, [len(p) for p in self.pixels])
+
+    def step(self, step: int) -> None:
+        """One optimisation step of one block (iteration step // blocks, block step % blocks)."""
+        it, b = divmod(step, len(self.blocks))
+        p, y = self.pixels[b], self.labels[b]
+        active = range(len(self.teachers)) if self.params.teacher_mode == "mean" else [it % len(self.teachers)]
+        x = self.render(p)
+        loss_match = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_ce = torch.zeros((), device=self.device)
+        for k in active:
+            logits = self.forward(k, x)
+            with full_precision(self.device):  # moments in fp32, KL in fp64, whatever the forward's precision
+                loss_ce = loss_ce + F.cross_entropy(logits.float(), y)
+                terms = self.objective.layer_terms(k, self.recorders[k].inputs, b)
+            self._note_non_finite(k, it, terms)
+            for l, w in enumerate(self.weights[k]):  # in layer order, as a running sum
+                loss_match = loss_match + w * terms[l]
+        loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)
+        loss = self.objective.weight * loss_match.float() + self.params.ce_weight * loss_ce
+        self._note_non_finite(active[0], it, loss[None], total=True)
+        self.optimisers[b].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimisers[b].step()
+        self.schedules[b].step()
+        with torch.no_grad():
+            p.copy_(torch.maximum(torch.minimum(p, self.hi), self.lo))
+            share = 1 / len(self.blocks)
+            self.curves[:, it] += torch.stack([loss.detach().double(), loss_match.detach(), loss_ce.detach().double()]) * share
+
+    def _note_non_finite(self, k: int, it: int, values: torch.Tensor, total: bool = False) -> None:
+        bad = ~torch.isfinite(values.detach())
+        where = self.first_bad[k][-1:] if total else self.first_bad[k][:-1]
+        where.copy_(torch.where(bad, where.clamp(max=it), where))
+
+    def read(self, it: int) -> np.ndarray:
+        """Iteration `it`'s curve values on the host (the loop's one sync); raises at a non-finite term."""
+        host = torch.cat([self.curves[:, it].clone(), *(f.double() for f in self.first_bad)]).cpu().numpy()
+        self.raise_if_non_finite(host[3:])
+        return host[:3]
+
+    def raise_if_non_finite(self, first_bad: np.ndarray | None = None) -> None:
+        if first_bad is None:
+            first_bad = torch.cat([f.double() for f in self.first_bad]).cpu().numpy()
+        offset, found = 0, []
+        for k, rec in enumerate(self.recorders):
+            row = first_bad[offset:offset + len(rec.names) + 1]
+            offset += len(row)
+            names = [f"{'KL' if self.objective.name == 'd3s' else 'BN loss'} of layer '{n}'" for n in rec.names]
+            found += [(int(v), what, k) for v, what in zip(row, names + ["the loss"]) if v < CLEAN]
+        if found:
+            it, what, k = min(found)
+            raise D3SError(f"distill: {what} is not finite at iteration {it + 1} (teacher {self.teachers[k].path}); "
+                           "check the statistics file, or try a larger 'ridge' or a smaller 'lr'")
+
+    def state_dict(self, step: int) -> dict:
+        """Everything the loop needs to continue bit-identically after `step` completed steps."""
+        return {
+            "step": step,
+            "pixels": [p.detach().cpu().clone() for p in self.pixels],
+            "optimisers": [o.state_dict() for o in self.optimisers],
+            "schedules": [sch.state_dict() for sch in self.schedules],
+            "g_aug": self.g_aug.get_state(),
+            "objective": self.objective.state_dict(),
+            "curves": self.curves.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        with torch.no_grad():
+            for p, saved in zip(self.pixels, state["pixels"]):
+                p.copy_(saved.to(self.device))
+        for o, saved in zip(self.optimisers, state["optimisers"]):
+            o.load_state_dict(saved)
+        for sch, saved in zip(self.schedules, state["schedules"]):
+            sch.load_state_dict(saved)
+        self.g_aug.set_state(state["g_aug"])
+        self.objective.load_state_dict(state["objective"], [len(p) for p in self.pixels], self.device)
+        self.curves.copy_(state["curves"])
+        return int(state["step"])
 
 
 def distill(
@@ -153,6 +297,7 @@ def distill(
 ) -> SyntheticSet:
     """Synthesise the shard's images. With `params.init == "real"`, `init_images` (uint8
     [n, C, H, W], one per (IPC index, class) slot in the shard's IPC-major order) are the start."""
+    # -- setup: check the shard, build the objective and the starting pixels
     if not 0 <= ipc_start < ipc_end:
         raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
     class_end = len(teachers[0].classes) if class_end is None else class_end
@@ -163,7 +308,8 @@ def distill(
     t0 = teachers[0]
     num_classes, size, channels = len(t0.classes), t0.image_size, t0.channels
     normalizer = t0.normalizer(device)
-    lo, hi = normalizer.bounds()
+    for t in teachers:  # hooked models are never compiled; channels_last where it is faster
+        prepare_model(t.model, device)
     recorders = [BNInputRecorder(t.model, t.path) for t in teachers]
     if method == "d3s":
         objective = GaussianMatching(teachers, recorders, stats, pooling, params, device)
@@ -171,13 +317,9 @@ def distill(
         objective = RunningStatsMatching(teachers, recorders, params)
     else:
         raise D3SError(f"distill: method must be 'd3s' or 'sre2l', got {method!r}")
-    # per teacher: teachers of different architectures have different numbers of BN layers
-    weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
-
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
     slots = shard_slots(ipc_start, ipc_end, class_start, class_end)
     labels = torch.tensor([c for _, c in slots], dtype=torch.long)
-    ipc_index = np.asarray([i for i, _ in slots], dtype=np.int64)
     n = len(labels)
     shard = (ipc_start, ipc_end, class_start, class_end)
     g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
@@ -190,110 +332,50 @@ def distill(
         init = torch.randn(n, channels, size, size, generator=g_init).to(device)
     else:
         raise D3SError(f"distill: init must be 'noise' or 'real', got {params.init!r}")
-    init = torch.maximum(torch.minimum(init, hi), lo)
-    blocks = [slice(b, min(b + params.batch_size, n)) for b in range(0, n, params.batch_size)]
-    pixels = [torch.nn.Parameter(init[b].clone()) for b in blocks]
-    optimisers = [torch.optim.Adam([p], lr=params.lr, betas=(0.5, 0.9)) for p in pixels]
-    schedules = [cosine_schedule(o, params.iterations) for o in optimisers]
-    scale = (params.crop_scale_min, params.crop_scale_max)
+    lo, hi = normalizer.bounds()
+    synthesis = Synthesis(teachers, recorders, objective, labels, torch.maximum(torch.minimum(init, hi), lo),
+                          params, g_aug, device)
 
-    def render(x: torch.Tensor) -> torch.Tensor:
-        boxes, flips = sample_views(len(x), scale, t0.hflip, g_aug)
-        if params.jitter:
-            dx, dy = torch.randint(-params.jitter, params.jitter + 1, (2,), generator=g_aug).tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        return apply_views(x, boxes, flips, size)
-
-    checkpoint = checkpoint or Checkpointer(None, {}, 0)
+    # -- state: a checkpoint of the same run continues; else the whole-set statistics start exact
+    checkpoint = checkpoint or Checkpointer(None, {}, 0, 0)
     state = checkpoint.load()
-    if state is None and len(blocks) > 1:  # start the whole-set statistics exact
-        with torch.no_grad():
-            for k, (t, rec) in enumerate(zip(teachers, recorders)):
-                per_block = []  # moments only: the feature maps of every block would not fit at scale
-                for p in pixels:
-                    t.model(render(p))
-                    per_block.append([objective.moments(f) for f in rec.inputs])
-                objective.initialise(k, per_block, [len(p) for p in pixels])
+    start_step = synthesis.load_state_dict(state) if state is not None else 0
+    if state is None:
+        synthesis.initialise_statistics()
 
-    curves = {k: np.zeros(params.iterations, dtype=np.float64) for k in ("total", "match", "ce")}
-    total_steps = params.iterations * len(blocks)
-    start_step = 0
-
-    def snapshot(step: int) -> dict:
-        """Everything the loop needs to continue bit-identically after `step` completed steps."""
-        return {
-            "step": step,
-            "pixels": [p.detach().cpu().clone() for p in pixels],
-            "optimisers": [o.state_dict() for o in optimisers],
-            "schedules": [sch.state_dict() for sch in schedules],
-            "g_aug": g_aug.get_state(),
-            "objective": objective.state_dict(),
-            "curves": {k: torch.from_numpy(v.copy()) for k, v in curves.items()},
-        }
-
-    if state is not None:
-        start_step = int(state["step"])
-        with torch.no_grad():
-            for p, saved in zip(pixels, state["pixels"]):
-                p.copy_(saved.to(device))
-        for o, saved in zip(optimisers, state["optimisers"]):
-            o.load_state_dict(saved)
-        for sch, saved in zip(schedules, state["schedules"]):
-            sch.load_state_dict(saved)
-        g_aug.set_state(state["g_aug"])
-        objective.load_state_dict(state["objective"], len(teachers), [len(p) for p in pixels], device)
-        curves = {k: v.numpy().copy() for k, v in state["curves"].items()}
+    # -- the loop: steps read nothing back; a log line (and a checkpoint) every so often does
     every = log_every(params.iterations)
-    bar = progress(total=total_steps, initial=start_step, desc=f"{method} ipc {ipc_start}-{ipc_end}")
+    blocks = len(synthesis.blocks)
+    bar = progress(total=synthesis.steps, initial=start_step, desc=f"{method} ipc {ipc_start}-{ipc_end}")
     log.info("%s: %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
-             method, n, ipc_start, ipc_end - 1, class_start, class_end - 1, len(blocks), params.iterations, len(teachers))
-    for step in range(start_step, total_steps):
-        it, b = divmod(step, len(blocks))
-        p, y = pixels[b], labels[blocks[b]].to(device)
-        active = list(range(len(teachers))) if params.teacher_mode == "mean" else [it % len(teachers)]
-        x = render(p)
-        loss_match = torch.zeros((), dtype=torch.float64, device=device)
-        loss_ce = torch.zeros((), device=device)
-        for k in active:
-            t, rec = teachers[k], recorders[k]
-            logits = t.model(x)
-            loss_ce = loss_ce + F.cross_entropy(logits, y)
-            for l, feats in enumerate(rec.inputs):
-                term = objective.layer_loss(k, l, feats, b)
-                _check_finite(term, f"{'KL' if method == 'd3s' else 'BN loss'} of layer '{rec.names[l]}'", it + 1, t)
-                loss_match = loss_match + weights[k][l] * term
-        loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)
-        loss = objective.weight * loss_match.float() + params.ce_weight * loss_ce
-        _check_finite(loss, "the loss", it + 1, teachers[active[0]])
-        optimisers[b].zero_grad(set_to_none=True)
-        loss.backward()
-        optimisers[b].step()
-        schedules[b].step()
-        with torch.no_grad():
-            p.copy_(torch.maximum(torch.minimum(p, hi), lo))
-        share_it = 1 / len(blocks)
-        curves["total"][it] += loss.item() * share_it
-        curves["match"][it] += loss_match.item() * share_it
-        curves["ce"][it] += loss_ce.item() * share_it
+             method, n, ipc_start, ipc_end - 1, class_start, class_end - 1, blocks, params.iterations, len(teachers))
+    for step in range(start_step, synthesis.steps):
+        synthesis.step(step)
         bar.update(1)
-        if b == len(blocks) - 1 and ((it + 1) % every == 0 or it == 0):
-            bar.set_postfix(loss=f"{curves['total'][it]:.4f}")
-            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations,
-                     curves["total"][it], "kl" if method == "d3s" else "bn", curves["match"][it], curves["ce"][it])
-        if checkpoint.due(step + 1) and step + 1 < total_steps:
-            checkpoint.save(snapshot(step + 1))
-        checkpoint.maybe_stop(lambda: snapshot(step + 1))
+        it, b = divmod(step, blocks)
+        if b == blocks - 1 and ((it + 1) % every == 0 or it == 0):
+            total, match, ce = synthesis.read(it)
+            bar.set_postfix(loss=f"{total:.4f}")
+            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations, total,
+                     "kl" if method == "d3s" else "bn", match, ce)
+        if checkpoint.due(step + 1) and step + 1 < synthesis.steps:
+            synthesis.raise_if_non_finite()
+            checkpoint.save(synthesis.state_dict(step + 1))
+        checkpoint.maybe_stop(lambda: synthesis.state_dict(step + 1))
     bar.close()
+    synthesis.raise_if_non_finite()
     for rec in recorders:
         rec.__exit__(None, None, None)
 
+    # -- packaging: uint8 images, labels, slots, curves and provenance
     with torch.no_grad():
-        images = torch.cat([normalizer.to_uint8(p) for p in pixels]).permute(0, 2, 3, 1).cpu().numpy()
+        images = torch.cat([normalizer.to_uint8(p) for p in synthesis.pixels]).permute(0, 2, 3, 1).cpu().numpy()
+    curves = dict(zip(("total", "match", "ce"), synthesis.curves.cpu().numpy()))
     config = {**asdict(params), "pooling": pooling} if method == "d3s" else asdict(params)
     return SyntheticSet(
-        images=images, labels=labels.numpy(), ipc_index=ipc_index, classes=t0.classes, method=method,
-        teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
-        config=config, seed=seed,
+        images=images, labels=labels.numpy(), ipc_index=np.asarray([i for i, _ in slots], dtype=np.int64),
+        classes=t0.classes, method=method, teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean,
+        norm_std=t0.std, hflip=t0.hflip, config=config, seed=seed,
         loss_curves={shard_name(ipc_start, ipc_end, class_start, class_end, num_classes): curves},
         inputs={"teachers": [t.path for t in teachers], "shard": list(shard)},
     )

@@ -15,18 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import atomic_path, check_same_classes, code_version
-from torch.utils.data import DataLoader
-
-from .data import DatasetSpec, load_dataset, training_sampler
+from .checkpoint import DEFAULT_MINUTES, Checkpointer
+from .data import DatasetSpec, batches_per_epoch, load_dataset
+from .distributed import ranks
+from .engine import Trainer, run_epochs
 from .errors import D3SError
 from .hparams import EvalParams
 from .models import build_model
-from .checkpoint import Checkpointer, restore_training_state, training_state
 from .relabel import SoftLabelStore, images_digest
-from .runtime import autocast, generator, log, log_every, progress
+from .runtime import autocast, generator, log, prepare_input, prepare_model, to_device
 from .synthetic import SyntheticSet
 from .teacher import Teacher
-from .training import accuracy, cosine_schedule
+from .training import accuracy, cosine_schedule, fit_on_real
 from .transforms import Normalizer, apply_views, sample_views
 
 
@@ -48,56 +48,53 @@ def train_student(
     device: torch.device,
     checkpoint: Checkpointer | None = None,
 ) -> torch.nn.Module:
+    """Train a student on the distilled set: soft labels replayed from `store`, or hard labels.
+
+    The set (uint8) and each epoch's labels, views and order go to the device once; a step
+    only indexes them there, so nothing is copied or read back per step.
+    """
     if params.label_mode not in ("soft", "hard"):
         raise D3SError(f"evaluate: label_mode must be 'soft' or 'hard', got {params.label_mode!r}")
+    r = ranks()
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
-    # uint8 on the host; each batch is normalised on the device (a float copy of a large set would not fit)
-    images = torch.from_numpy(synthetic.images).permute(0, 3, 1, 2)
-    y_all = torch.from_numpy(synthetic.labels)
+    images = to_device(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
+    y_all = to_device(torch.from_numpy(synthetic.labels), device)
     n, size = len(images), images.shape[-1]
     torch.manual_seed(seed)
     model = build_model(student_arch, len(synthetic.classes), images.shape[1], size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     batch = min(params.batch_size, n)
     steps_per_epoch = -(-n // batch)
-    schedule = cosine_schedule(optimiser, params.epochs * steps_per_epoch)
+    trainer = Trainer(model, optimiser, cosine_schedule(optimiser, params.epochs * steps_per_epoch), device, params.precision)
     g = generator(seed, 30)
-    every = log_every(params.epochs, 10)
     scale = (params.crop_scale_min, params.crop_scale_max)
-    checkpoint = checkpoint or Checkpointer(None, {}, 0)
 
-    def snapshot(epoch: int) -> dict:
-        return training_state(epoch, model, optimiser, schedule, {"g": g})
-
-    state = checkpoint.load()
-    start_epoch = restore_training_state(state, model, optimiser, schedule, {"g": g}) if state else 0
-    for epoch in progress(range(start_epoch, params.epochs), desc="student", initial=start_epoch, total=params.epochs):
+    def epoch_steps(epoch: int):
         if params.label_mode == "soft":
             boxes, flips, logits = store.epoch(epoch)
+            boxes, flips, logits = to_device(boxes, device), to_device(flips, device), logits.to(device)
         else:
-            boxes, flips = sample_views(n, scale, synthetic.hflip, g)
-        order = torch.randperm(n, generator=g)
-        total = 0.0
+            boxes, flips = sample_views(n, scale, synthetic.hflip, g, device)
+        order = to_device(torch.randperm(n, generator=g), device)
         for start in range(0, n, batch):
             idx = order[start:start + batch]
-            x = apply_views(normalizer.from_uint8(images[idx]), boxes[idx], flips[idx], size)
-            with autocast(device, params.precision):
-                out = model(x)
-            out = out.float()
+            share = idx[r.share(len(idx))]
+            scale = r.loss_scale(len(share), len(idx))
+            if len(share) == 0:  # a tail batch smaller than the ranks: join DDP's gradient average with weight 0
+                share, scale = idx[:1], 0.0
+            x = apply_views(normalizer.from_uint8(images[share]), boxes[share], flips[share], size)
+            out = trainer.forward(x).float()
             if params.label_mode == "soft":
-                loss = soft_label_loss(out, logits[idx].to(device), params.temperature, params.t2_scale)
+                loss = soft_label_loss(out, logits[share], params.temperature, params.t2_scale)
             else:
-                loss = F.cross_entropy(out, y_all[idx].to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-        if (epoch + 1) % every == 0:
-            log.info("student epoch %d/%d  loss %.4f", epoch + 1, params.epochs, total / n)
-        if checkpoint.due(epoch + 1) and epoch + 1 < params.epochs:
-            checkpoint.save(snapshot(epoch + 1))
-        checkpoint.maybe_stop(lambda: snapshot(epoch + 1))
+                loss = F.cross_entropy(out, y_all[share])
+            trainer.step(loss if r.world == 1 else loss * scale)
+            yield loss, len(share) if scale else 0
+
+    generators = {"g": g}
+    run_epochs("student", params.epochs, steps_per_epoch, epoch_steps, device, checkpoint,
+               snapshot=lambda epoch: trainer.state(epoch, generators),
+               restore=lambda state: trainer.restore(state, generators), log_lines=10)
     return model
 
 
@@ -115,6 +112,7 @@ def run_evaluate(
     meta: dict | None = None,
     resume_dir: str | None = None,
     checkpoint_every: int = 0,
+    checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
     data = load_dataset(spec)
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
@@ -132,7 +130,7 @@ def run_evaluate(
     checkpoint = Checkpointer(resume_dir, {
         "stage": "evaluate", "student": student_arch, "params": asdict(params), "seed": seed, "classes": synthetic.classes,
         "images": images_digest(synthetic.images), "labels": {**store.config, **store.identity} if store else None,
-    }, checkpoint_every)
+    }, checkpoint_every, checkpoint_minutes)
     t0 = time.perf_counter()
     try:
         model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
@@ -170,50 +168,46 @@ def run_evaluate_full(
     device: torch.device,
     threads: int = 0,
     meta: dict | None = None,
+    resume_dir: str | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
     """The upper bound: a student trained on the whole real training set, teacher soft labels online (or hard)."""
     data = load_dataset(spec)
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     normalizer = t0.normalizer(device)
-    workers = data.loader_workers(threads)
+    checkpoint = Checkpointer(resume_dir, {
+        "stage": "evaluate-full", "student": student_arch, "params": asdict(params), "seed": seed, "classes": data.classes,
+        "teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict(),
+    }, checkpoint_every, checkpoint_minutes)
     torch.manual_seed(seed)
     model = build_model(student_arch, data.num_classes, data.channels, data.image_size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    g = generator(seed, 31)
-    loader = DataLoader(data.train, batch_size=params.batch_size, sampler=training_sampler(data.train, g),
-                        drop_last=len(data.train) > params.batch_size, num_workers=workers)
-    schedule = cosine_schedule(optimiser, params.full_epochs * len(loader))
-    scale = (params.crop_scale_min, params.crop_scale_max)
+    steps = params.full_epochs * batches_per_epoch(len(data.train), params.batch_size)
+    trainer = Trainer(model, optimiser, cosine_schedule(optimiser, steps), device, params.precision)
+    teacher_models = [prepare_model(t.model, device) for t in teachers]
+
+    def loss_fn(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if params.label_mode != "soft":
+            return F.cross_entropy(logits.float(), y)
+        with torch.no_grad(), autocast(device, params.precision):
+            target = torch.stack([m(prepare_input(x)) for m in teacher_models]).mean(0).float()
+        return soft_label_loss(logits.float(), target, params.temperature, params.t2_scale)
+
+    g = generator(seed, 31)  # one stream for batch order and views, as before the engine
     started = time.perf_counter()
-    for epoch in progress(range(params.full_epochs), desc="full-data student"):
-        total = count = 0
-        for x, y in loader:
-            boxes, flips = sample_views(len(x), scale, t0.hflip, g)
-            x = apply_views(normalizer.from_uint8(x.to(device)), boxes, flips, data.image_size)
-            with autocast(device, params.precision):
-                out_logits = model(x)
-                if params.label_mode == "soft":
-                    with torch.no_grad():
-                        target = torch.stack([t.model(x) for t in teachers]).mean(0).float()
-            out_logits = out_logits.float()
-            if params.label_mode == "soft":
-                loss = soft_label_loss(out_logits, target, params.temperature, params.t2_scale)
-            else:
-                loss = F.cross_entropy(out_logits, y.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(y)
-            count += len(y)
-        log.info("full-data student epoch %d/%d  loss %.4f", epoch + 1, params.full_epochs, total / count)
+    fit_on_real("full-data student", trainer, data.train, normalizer, data.image_size,
+                (params.crop_scale_min, params.crop_scale_max), t0.hflip, params.batch_size, params.full_epochs,
+                loss_fn, {"order": g, "views": g}, data.loader_workers(threads), checkpoint)
     protocol = {**asdict(params), "epochs": params.full_epochs, "soft_labels": "teachers online" if params.label_mode == "soft" else None}
-    return _write_result(
+    result = _write_result(
         model, data, normalizer, out, device, threads, meta, method="full", ipc=None, student=student_arch, seed=seed,
         n_images=len(data.train), train_seconds=time.perf_counter() - started, protocol=protocol,
         inputs={"teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict()},
     )
+    checkpoint.clear()
+    return result
 
 
 def _write_result(model, data, normalizer, out, device, threads, meta, *, method, ipc, student, seed, n_images,
@@ -231,6 +225,8 @@ def _write_result(model, data, normalizer, out, device, threads, meta, *, method
         "inputs": inputs,
         "code_version": code_version(),
     }
+    if not ranks().main:
+        return result
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -130,21 +130,55 @@ def gaussian_target(mean: torch.Tensor, cov: torch.Tensor, ridge: float) -> Gaus
     return GaussianTarget(mean.double(), chol, 2 * torch.log(torch.diagonal(chol)).sum(), eps)
 
 
+@dataclass
+class GaussianTargets:
+    """The real Gaussians of several layers of one width, stacked so one batched call serves them all."""
+
+    mean: torch.Tensor  # float64 [L, D]
+    chol: torch.Tensor  # float64 [L, D, D]
+    logdet: torch.Tensor  # float64 [L]
+    ridge: torch.Tensor  # float64 [L]
+
+    @classmethod
+    def stack(cls, targets: list[GaussianTarget]) -> "GaussianTargets":
+        device = targets[0].mean.device
+        return cls(torch.stack([t.mean for t in targets]), torch.stack([t.chol for t in targets]),
+                   torch.stack([t.logdet for t in targets]),
+                   torch.tensor([t.ridge for t in targets], dtype=torch.float64, device=device))
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[-1]
+
+
+def gaussian_kl_batched(targets: GaussianTargets, mean_s: torch.Tensor, cov_s: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_T,l, Sigma_T,l) || N(mu_S,l, Sigma_S,l)) for each of L layers of one width, in float64.
+
+    One batched Cholesky (`cholesky_ex`: it reports a failed factorisation in `info` instead of
+    raising, which would read the result back to the host) and batched triangular solves. A
+    layer whose ridged Sigma_S is not positive definite gets NaN, for the caller's device-side
+    finiteness check. Gradients flow through mean_s [L, D] and cov_s [L, D, D].
+    """
+    d = targets.dim
+    eye = torch.eye(d, dtype=torch.float64, device=cov_s.device)
+    cov_s = cov_s.double() + targets.ridge[:, None, None] * eye
+    chol_s, info = torch.linalg.cholesky_ex(cov_s)
+    solved = torch.linalg.solve_triangular(chol_s, targets.chol, upper=False)
+    trace = solved.square().sum((-2, -1))
+    diff = (mean_s.double() - targets.mean).unsqueeze(-1)
+    maha = torch.linalg.solve_triangular(chol_s, diff, upper=False).square().sum((-2, -1))
+    logdet_s = 2 * torch.log(torch.diagonal(chol_s, dim1=-2, dim2=-1)).sum(-1)
+    kl = 0.5 * (trace + maha - d + logdet_s - targets.logdet)
+    return torch.where(info == 0, kl, torch.full_like(kl, float("nan")))
+
+
 def gaussian_kl(target: GaussianTarget, mean_s: torch.Tensor, cov_s: torch.Tensor) -> torch.Tensor:
     """KL(N(mu_T, Sigma_T) || N(mu_S, Sigma_S)) in float64, with the target's ridge added to Sigma_S.
 
     1/2 [tr(S^-1 T) + (mu_S - mu_T)^T S^-1 (mu_S - mu_T) - D + logdet S - logdet T]; gradients flow
-    through mean_s and cov_s.
+    through mean_s and cov_s. NaN when Sigma_S + ridge I is not positive definite.
     """
-    d = target.dim
-    cov_s = cov_s.double() + target.ridge * torch.eye(d, dtype=torch.float64, device=cov_s.device)
-    chol_s = torch.linalg.cholesky(cov_s)
-    solved = torch.linalg.solve_triangular(chol_s, target.chol, upper=False)
-    trace = solved.square().sum()
-    diff = (mean_s.double() - target.mean).unsqueeze(1)
-    maha = torch.linalg.solve_triangular(chol_s, diff, upper=False).square().sum()
-    logdet_s = 2 * torch.log(torch.diagonal(chol_s)).sum()
-    return 0.5 * (trace + maha - d + logdet_s - target.logdet)
+    return gaussian_kl_batched(GaussianTargets.stack([target]), mean_s[None], cov_s[None])[0]
 
 
 class MovingMoments:

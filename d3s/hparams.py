@@ -45,6 +45,7 @@ class DistillParams:
     covariance: str = hparam("full", "d3s: full covariance, or its diagonal only (ablation)", ("full", "diagonal"))
     r_bn: float = hparam(0.01, "sre2l baseline: weight of the BatchNorm-statistics term")
     first_bn_multiplier: float = hparam(10.0, "sre2l baseline: extra weight on the first BatchNorm layer")
+    precision: str = hparam("fp32", "teacher forward precision: fp32, or bf16 autocast (moments and KL stay fp32/fp64)", ("fp32", "bf16"))
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RelabelParams:
     batch_size: int = hparam(256, "images per teacher forward pass (does not change the labels)")
     top_k: int = hparam(0, "keep each view's k largest logits, the rest of its mass spread evenly over the other "
                            "classes (0: keep all; for thousands of classes, where dense labels do not fit)")
+    precision: str = hparam("fp32", "teacher forward precision: fp32, or bf16 autocast (labels are stored fp16 either way)", ("fp32", "bf16"))
 
 
 @dataclass

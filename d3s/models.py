@@ -2,6 +2,8 @@
 
 Names:
   convnet3, convnet4 (+ _w64, _w32)  the small ConvNets of the distillation literature, with BatchNorm
+  ... + _in, e.g. convnet3_in        the same with instance norm (DC/DSA/MTT's ConvNet): a student whose
+                                     result does not depend on how a batch is split across processes
   <timm resnet name>_cifar           a timm ResNet with the CIFAR stem: 3x3 conv, stride 1, no max-pool
                                      (for 32-64 px inputs), e.g. resnet18_cifar
   any other name                     `timm.create_model(name)`, randomly initialised (nothing is
@@ -37,12 +39,14 @@ class ConvNet(nn.Module):
     ReLU is not in-place so a hooked BN output is never overwritten.
     """
 
-    def __init__(self, num_classes: int, in_chans: int, image_size: int, depth: int = 3, width: int = 128):
+    def __init__(self, num_classes: int, in_chans: int, image_size: int, depth: int = 3, width: int = 128,
+                 norm: str = "batch"):
         super().__init__()
         layers: list[nn.Module] = []
         c, size = in_chans, image_size
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            norm_layer = nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(width, width)  # instance norm
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), norm_layer, nn.ReLU()]
             if size >= 2:
                 layers.append(nn.AvgPool2d(2))
                 size //= 2
@@ -54,17 +58,17 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def _convnet_factory(depth: int, width: int):
+def _convnet_factory(depth: int, width: int, norm: str):
     def build(num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-        return ConvNet(num_classes, in_chans, image_size, depth=depth, width=width)
+        return ConvNet(num_classes, in_chans, image_size, depth=depth, width=width, norm=norm)
 
     return build
 
 
 for _d in (3, 4):
-    register(f"convnet{_d}")(_convnet_factory(_d, 128))
-    register(f"convnet{_d}_w64")(_convnet_factory(_d, 64))
-    register(f"convnet{_d}_w32")(_convnet_factory(_d, 32))
+    for _suffix, _width in (("", 128), ("_w64", 64), ("_w32", 32)):
+        register(f"convnet{_d}{_suffix}")(_convnet_factory(_d, _width, "batch"))
+        register(f"convnet{_d}{_suffix}_in")(_convnet_factory(_d, _width, "instance"))
 
 
 def list_models() -> list[str]:

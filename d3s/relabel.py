@@ -12,11 +12,13 @@ and spreads the remaining mass evenly over the other classes (FKD's label compre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -25,7 +27,9 @@ import torch
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
 from .errors import D3SError
 from .hparams import RelabelParams
-from .runtime import generator, log, log_every, progress
+from .distributed import ranks
+from .engine import run_epochs
+from .runtime import autocast, generator, log, maybe_compile, prepare_input, prepare_model, to_device
 from .synthetic import SyntheticSet
 from .teacher import Teacher
 from .transforms import apply_views, sample_views
@@ -56,6 +60,10 @@ class EpochLabels:
     classes: torch.Tensor | None = None
     rest: torch.Tensor | None = None
 
+    def to(self, device) -> "EpochLabels":
+        move = lambda t: None if t is None else to_device(t, device)  # noqa: E731
+        return EpochLabels(move(self.values), self.num_classes, move(self.classes), move(self.rest))
+
     def __getitem__(self, rows) -> torch.Tensor:
         if self.classes is None:
             return self.values[rows].float()
@@ -65,6 +73,11 @@ class EpochLabels:
 
 def images_digest(images: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(images))).hexdigest()  # no copy of a large set
+
+
+def _epoch_views(epoch: int, n: int, params: RelabelParams, hflip: bool, seed: int):
+    g = generator(seed, 20, epoch)  # per-epoch stream: any epoch can be made alone, on any rank
+    return sample_views(n, (params.crop_scale_min, params.crop_scale_max), hflip, g)
 
 
 @torch.no_grad()
@@ -77,54 +90,115 @@ def generate_soft_labels(
     out: str,
     device: torch.device,
 ) -> None:
+    """Write OUT with each label epoch's views and the teachers' mean logits on them.
+
+    The images go to the device once. An epoch's kept labels collect on the device and come
+    back in one copy per epoch (packed into one float32 buffer with top-k). With several
+    processes the epochs are dealt out round by round (epoch e on rank e mod N) and gathered on
+    rank 0, which writes: every epoch has its own view stream, so the file is bit-identical to
+    a 1-process run's.
+    """
     t0 = teachers[0]
     for t in teachers:
         check_same_classes(synthetic.classes, synthetic_path, t.classes, t.path)
     normalizer = t0.normalizer(device)
-    images = torch.from_numpy(synthetic.images).permute(0, 3, 1, 2)  # uint8 on the host, normalised per batch
+    images = to_device(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
     n, c = len(images), len(t0.classes)
     if params.top_k < 0:
         raise D3SError(f"relabel: top_k must be 0 (keep all logits) or positive, got {params.top_k}")
     k = params.top_k if params.top_k < c else 0
     if params.top_k >= c:
         log.info("relabel: top_k %d >= %d classes: storing all logits", params.top_k, c)
-    scale = (params.crop_scale_min, params.crop_scale_max)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    models = [maybe_compile(prepare_model(t.model, device)) for t in teachers]
+    r = ranks()
+
+    def label_epoch(epoch: int) -> Iterator[None]:
+        """Yield once per batch; leaves the epoch's packed labels in `packed` (dense fp16, or top-k float32)."""
+        boxes, flips = _epoch_views(epoch, n, params, t0.hflip, seed)
+        boxes, flips = to_device(boxes, device), to_device(flips, device)
+        for start in range(0, n, params.batch_size):
+            sl = slice(start, start + params.batch_size)
+            view = prepare_input(apply_views(normalizer.from_uint8(images[sl]), boxes[sl], flips[sl], t0.image_size))
+            with autocast(device, params.precision):
+                batch_logits = torch.stack([m(view).float() for m in models]).mean(0).float()
+            if k:
+                values, classes, rest = top_k_logits(batch_logits, k)
+                # fp16-rounded values, class ids (exact in float32 below 2**24) and the rest, in one buffer
+                packed[sl] = torch.cat([values.half().float(), classes.float(), rest[:, None]], 1)
+            else:
+                packed[sl] = batch_logits.half()
+            yield None
+
+    packed = torch.empty(n, 2 * k + 1 if k else c, dtype=torch.float32 if k else torch.float16, device=device)
+    rounds = -(-params.epochs // r.world)
+    writer = None
+
+    def round_steps(rnd: int):
+        epoch = rnd * r.world + r.rank
+        if epoch < params.epochs:
+            yield from label_epoch(epoch)
+        else:  # this rank has no epoch in the last round: it still joins the gather
+            yield from (None for _ in range(-(-n // params.batch_size)))
+        parts = _gather(packed, r)
+        if writer is not None:
+            for rank, part in enumerate(parts):
+                e = rnd * r.world + rank
+                if e < params.epochs:
+                    writer.write(e, part)
+
+    with atomic_path(out) if r.main else contextlib.nullcontext() as tmp:
+        if r.main:
+            writer = _LabelWriter(tmp, teachers, synthetic, synthetic_path, params, seed, n, c, k)
+        try:
+            run_epochs("relabel", rounds, -(-n // params.batch_size), round_steps, device, log_lines=10)
+        finally:
+            if writer is not None:
+                writer.f.close()
+
+
+def _gather(packed: torch.Tensor, r) -> list[np.ndarray]:
+    """Every rank's packed epoch on rank 0 (host arrays; one device-to-host copy per epoch)."""
+    if r.world == 1:
+        return [packed.cpu().numpy()]
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(packed) for _ in range(r.world)] if r.main else None
+    dist.gather(packed, parts, dst=0)
+    return [p.cpu().numpy() for p in parts] if r.main else []
+
+
+class _LabelWriter:
+    """The soft-label artifact, written one epoch at a time (into atomic_path's temporary file)."""
+
+    def __init__(self, path, teachers, synthetic, synthetic_path, params: RelabelParams, seed: int, n: int, c: int, k: int):
+        t0 = teachers[0]
+        self.params, self.seed, self.n, self.k, self.hflip = params, seed, n, k, t0.hflip
+        self.f = f = h5py.File(path, "w")
         write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,
                          inputs={"images": synthetic_path, "teachers": [t.path for t in teachers]})
         f.attrs.update(images_sha256=images_digest(synthetic.images), teachers=json.dumps([t.weights_sha256 for t in teachers]),
                        epochs=params.epochs, n_images=n, hflip=t0.hflip, image_size=t0.image_size, top_k=k,
                        box_format="cx,cy,w,h (centre in [-1,1], size as a fraction of the side)")
-        boxes = f.create_dataset("boxes", (params.epochs, n, 4), dtype="f4", chunks=(1, n, 4))
-        flips = f.create_dataset("flips", (params.epochs, n), dtype="bool", chunks=(1, n))
+        e = params.epochs
+        self.boxes = f.create_dataset("boxes", (e, n, 4), dtype="f4", chunks=(1, n, 4))
+        self.flips = f.create_dataset("flips", (e, n), dtype="bool", chunks=(1, n))
         if k:
-            logits = f.create_dataset("topk_logits", (params.epochs, n, k), dtype="f2", chunks=(1, n, k))
-            classes = f.create_dataset("topk_classes", (params.epochs, n, k), chunks=(1, n, k),
-                                       dtype="u2" if c <= 2**16 else "i4")
-            rest = f.create_dataset("rest_logsumexp", (params.epochs, n), dtype="f4", chunks=(1, n))
+            self.logits = f.create_dataset("topk_logits", (e, n, k), dtype="f2", chunks=(1, n, k))
+            self.classes = f.create_dataset("topk_classes", (e, n, k), chunks=(1, n, k), dtype="u2" if c <= 2**16 else "i4")
+            self.rest = f.create_dataset("rest_logsumexp", (e, n), dtype="f4", chunks=(1, n))
         else:
-            logits = f.create_dataset("logits", (params.epochs, n, c), dtype="f2", chunks=(1, n, c))
-        every = log_every(params.epochs, 10)
-        for epoch in progress(range(params.epochs), desc="relabel"):
-            g = generator(seed, 20, epoch)  # per-epoch stream: any epoch can be regenerated alone
-            b, fl = sample_views(n, scale, t0.hflip, g)
-            # one epoch's kept labels only: a dense float epoch would be 38 GB at ImageNet-21K
-            kept = torch.empty(n, k or c, dtype=torch.float16)
-            kept_classes, kept_rest = (torch.empty(n, k, dtype=torch.int64), torch.empty(n)) if k else (None, None)
-            for start in range(0, n, params.batch_size):
-                sl = slice(start, start + params.batch_size)
-                view = apply_views(normalizer.from_uint8(images[sl]), b[sl], fl[sl], t0.image_size)
-                batch_logits = torch.stack([t.model(view).float() for t in teachers]).mean(0).cpu()
-                if k:
-                    values, kept_classes[sl], kept_rest[sl] = top_k_logits(batch_logits, k)
-                    kept[sl] = values.half()
-                else:
-                    kept[sl] = batch_logits.half()
-            boxes[epoch], flips[epoch], logits[epoch] = b.numpy(), fl.numpy(), kept.numpy()
-            if k:
-                classes[epoch], rest[epoch] = kept_classes.numpy(), kept_rest.numpy()
-            if (epoch + 1) % every == 0:
-                log.info("relabel: epoch %d/%d", epoch + 1, params.epochs)
+            self.logits = f.create_dataset("logits", (e, n, c), dtype="f2", chunks=(1, n, c))
+
+    def write(self, epoch: int, packed: np.ndarray) -> None:
+        boxes, flips = _epoch_views(epoch, self.n, self.params, self.hflip, self.seed)  # host copies: cheap to redraw
+        self.boxes[epoch], self.flips[epoch] = boxes.numpy(), flips.numpy()
+        if self.k:
+            k = self.k
+            self.logits[epoch] = packed[:, :k].astype(np.float16)
+            self.classes[epoch] = packed[:, k:2 * k].astype(self.classes.dtype)
+            self.rest[epoch] = packed[:, 2 * k]
+        else:
+            self.logits[epoch] = packed
 
 
 class SoftLabelStore:

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,13 +28,79 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
-    """The forward-pass precision context of teacher and student training: fp32, or bf16 autocast.
+    """The forward-pass precision context: fp32, or bf16 autocast (training, relabel, the synthesis forward).
 
-    Statistics and synthesis always run in fp32 (their float64 moments need exact inputs).
+    Moments, covariances and the KL never run under it: callers compute them in fp32/fp64
+    outside the context (see `full_precision`).
     """
     if precision not in ("fp32", "bf16"):
         raise D3SError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def full_precision(device: torch.device):
+    """Switch autocast off inside a bf16 region: statistics and the KL need fp32 inputs."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def setup_cuda() -> None:
+    """CUDA defaults for speed that keep the statistics exact.
+
+    cudnn.benchmark picks the fastest convolution kernels for the (fixed) input shapes. TF32
+    stays off for matmuls: the covariance E[x x^T] - mu mu^T in TF32 (10-bit mantissa) loses
+    the small eigenvalues the KL's log-determinant and inverse depend on. Convolutions may use
+    TF32 (PyTorch's default); bf16 autocast is the faster, explicit choice for them.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@dataclass
+class Speed:
+    """Process-wide speed settings (they change no result beyond float rounding), set by the CLI."""
+
+    channels_last: str = "auto"  # auto: on CUDA only (NHWC convolutions are faster there, slower on CPUs)
+    compile: bool = False  # torch.compile the training and relabel models (minutes of start-up, faster steps)
+    device_type: str = "cpu"
+
+    def use_channels_last(self) -> bool:
+        return self.channels_last == "on" or (self.channels_last == "auto" and self.device_type == "cuda")
+
+
+SPEED = Speed()
+
+
+def configure_speed(device: torch.device, channels_last: str = "auto", compile: bool = False) -> None:
+    if channels_last not in ("auto", "on", "off"):
+        raise D3SError(f"channels_last must be auto, on or off, got {channels_last!r}")
+    SPEED.channels_last, SPEED.compile, SPEED.device_type = channels_last, compile, device.type
+    if device.type == "cuda":
+        setup_cuda()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model on `device`, in the run's memory format (in place: parameters keep their identity)."""
+    model = model.to(device)
+    if SPEED.use_channels_last():
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def maybe_compile(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile'd when the run asks for it; never for models with recording hooks (stats, distill)."""
+    return torch.compile(module) if SPEED.compile else module
+
+
+def prepare_input(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if SPEED.use_channels_last() and x.dim() == 4 else x
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without blocking the host: pinned, then an asynchronous copy on CUDA."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def configure(threads: int | None, seed: int | None) -> None:
@@ -54,16 +121,18 @@ def generator(seed: int, *salt: int) -> torch.Generator:
 
 def progress(iterable=None, total=None, desc: str = "", **kwargs):
     """A progress bar on a terminal; periodic log lines (see `log_every`) cover log files."""
-    return tqdm(iterable, total=total, desc=desc, disable=None, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+    kwargs.setdefault("disable", None)  # None: only on a terminal
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
 
 
 def log_every(total: int, lines: int = 20) -> int:
     return max(1, total // lines)
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, rank: int = 0) -> None:
+    """INFO lines on stderr; with several processes only rank 0's (the others warn and fail loudly)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,

@@ -14,17 +14,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
 from .data import DatasetSpec, LoadedDataset, channel_moments, load_dataset
 from .dataset_info import read_dataset_info
-from .checkpoint import Checkpointer
+from .checkpoint import DEFAULT_MINUTES, Checkpointer
 from .errors import D3SError
 from .models import bn_layers, build_model
 from .hparams import RealTrainingParams
 from .runtime import log
-from .training import accuracy, train_on_real
+from .data import batches_per_epoch
+from .distributed import ranks
+from .engine import Trainer
+from .runtime import generator
+from .training import accuracy, cosine_schedule, fit_on_real
 from .transforms import Normalizer
 
 
@@ -84,6 +89,8 @@ def _write_teacher(out, model, arch, data: LoadedDataset, mean, std, config: dic
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = weights_digest(state)
     spec = data.spec
+    if not ranks().main:
+        return {"test_top1": top1, "test_top5": top5, "weights_sha256": digest}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, "teacher", config=config, seed=seed, classes=data.classes,
                          inputs={"dataset": spec.to_dict(), **inputs})
@@ -110,19 +117,26 @@ def train_teacher(
     info: str | None = None,
     resume_dir: str | None = None,
     checkpoint_every: int = 0,
+    checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
     data = load_dataset(spec)
     mean, std, norm_source = normalisation(data, info, threads)
     checkpoint = Checkpointer(resume_dir, {"stage": "train-teacher", "arch": arch, "params": asdict(params), "seed": seed,
                                            "dataset": spec.to_dict(), "classes": data.classes, "mean": mean, "std": std},
-                              checkpoint_every)
+                              checkpoint_every, checkpoint_minutes)
     torch.manual_seed(seed)
     model = build_model(arch, data.num_classes, data.channels, data.image_size)
     bn_layers(model, f"architecture '{arch}'")
     log.info("training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
              arch, sum(p.numel() for p in model.parameters()), len(data.train), spec.name, data.num_classes, data.image_size)
-    losses = train_on_real(model, data.train, Normalizer(mean, std, device), data.image_size, spec.crop_scale, spec.hflip,
-                           params, seed, device, data.loader_workers(threads), checkpoint)
+    model.to(device)
+    optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
+    steps_per_epoch = batches_per_epoch(len(data.train), params.batch_size)
+    schedule = cosine_schedule(optimiser, params.epochs * steps_per_epoch, params.warmup_epochs * steps_per_epoch)
+    trainer = Trainer(model, optimiser, schedule, device, params.precision)
+    losses = fit_on_real("teacher", trainer, data.train, Normalizer(mean, std, device), data.image_size, spec.crop_scale,
+                         spec.hflip, params.batch_size, params.epochs, lambda logits, _x, y: F.cross_entropy(logits.float(), y),
+                         {"order": generator(seed, 1), "views": generator(seed, 2)}, data.loader_workers(threads), checkpoint)
     result = _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "normalisation": norm_source, **asdict(params)},
                             seed, {}, device, threads, losses)
     checkpoint.clear()

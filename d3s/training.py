@@ -1,19 +1,20 @@
-"""Supervised training pieces shared by teachers and students: optimiser, schedule, accuracy."""
+"""Supervised training on real images (teachers, the full-data student), its schedule, and accuracy."""
 
 from __future__ import annotations
 
 import math
-
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .checkpoint import Checkpointer, restore_training_state, training_state
-from .data import training_sampler
-from .hparams import RealTrainingParams
-from .runtime import autocast, generator, log, log_every, progress
+from .checkpoint import Checkpointer
+from .data import evaluation_loader, training_loader
+from .distributed import all_sum, ranks
+from .engine import Trainer, run_epochs
+from .runtime import prepare_input, prepare_model, to_device
 from .transforms import Normalizer, apply_views, resize, sample_views
 
 
@@ -39,88 +40,70 @@ def accuracy(
     batch_size: int = 512,
     workers: int = 0,
 ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (fractions) on a uint8 image dataset, eval mode, no augmentation."""
-    model.eval()
-    correct1 = correct5 = n = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers):
-        x = resize(normalizer.from_uint8(x.to(device)), image_size)
-        y = y.to(device)
-        logits = model(x)
+    """Top-1 and top-5 accuracy (fractions) on a uint8 image dataset, eval mode, no augmentation.
+
+    Counts stay on the device until the end (one read-back); with several processes each rank
+    tests every world-th image and the counts are summed.
+    """
+    model = prepare_model(model, device).eval()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # top-1, top-5
+    for x, y in evaluation_loader(dataset, batch_size, workers, device, ranks()):
+        x = resize(normalizer.from_uint8(to_device(x, device)), image_size)
+        y = to_device(y, device)
+        logits = model(prepare_input(x))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(1).sum().item()
-        n += len(y)
-    return correct1 / n, correct5 / n
+        counts += torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum()])
+    correct1, correct5 = all_sum(counts).tolist()
+    return correct1 / len(dataset), correct5 / len(dataset)
 
 
-
-
-def train_on_real(
-    model: nn.Module,
+def fit_on_real(
+    name: str,
+    trainer: Trainer,
     train: Dataset,
     normalizer: Normalizer,
     image_size: int,
     crop_scale: tuple[float, float],
     hflip: bool,
-    params: RealTrainingParams,
-    seed: int,
-    device: torch.device,
+    batch_size: int,
+    epochs: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    generators: dict[str, torch.Generator],
     workers: int = 0,
     checkpoint: Checkpointer | None = None,
 ) -> list[float]:
-    """Hard-label training on real images with random-resized-crop (+ flip); returns per-epoch loss.
+    """Train on real images with random-resized-crop (+ flip) views; returns per-epoch mean losses.
 
-    With a checkpointer, state is saved at epoch ends (every `checkpoint.every` epochs, and on a
-    stop signal) and a restart continues from the last saved epoch bit-identically on the CPU.
+    `generators` has 'order' (batch order) and 'views' (may be the same generator).
+    `loss_fn(logits, views, labels)` is the step's mean loss over this rank's share.
+    Every rank draws the views of the whole global batch and takes its share, so N processes
+    see the 1-process run's batches. With a checkpointer, state is saved at epoch ends and a
+    restart continues from the last saved epoch bit-identically on the CPU.
     """
-    model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
-    order_rng = generator(seed, 1)
-    loader = DataLoader(
-        train, batch_size=params.batch_size, sampler=training_sampler(train, order_rng),
-        drop_last=len(train) > params.batch_size, num_workers=workers, persistent_workers=workers > 0,
-    )
-    steps = params.epochs * len(loader)
-    schedule = cosine_schedule(optimizer, steps, params.warmup_epochs * len(loader))
-    views_rng = generator(seed, 2)
-    losses: list[float] = []
-    checkpoint = checkpoint or Checkpointer(None, {}, 0)
-    start_epoch = 0
+    r = ranks()
+    trainer.model.train()
+    loader = training_loader(train, batch_size, generators["order"], workers, trainer.device, r)
+    if trainer.schedule is None:
+        raise ValueError("fit_on_real: the trainer needs a schedule")
 
-    def snapshot(epoch: int) -> dict:
-        return training_state(epoch, model, optimizer, schedule, {"order": order_rng, "views": views_rng},
-                              losses=torch.tensor(losses, dtype=torch.float64))
-
-    state = checkpoint.load()
-    if state is not None:
-        start_epoch = restore_training_state(state, model, optimizer, schedule, {"order": order_rng, "views": views_rng})
-        losses = state["losses"].tolist()
-    every = log_every(steps, 20)  # progress lines by step: one epoch of a large dataset is long
-    step = start_epoch * len(loader)
-    bar = progress(total=steps, initial=step, desc="teacher")
-    for epoch in range(start_epoch, params.epochs):
-        total, count = 0.0, 0
+    def epoch_steps(epoch: int):
         for x, y in loader:
-            x = normalizer.from_uint8(x.to(device))
-            boxes, flips = sample_views(len(x), crop_scale, hflip, views_rng)
-            x = apply_views(x, boxes, flips, image_size)
-            with autocast(device, params.precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(y)
-            count += len(y)
-            step += 1
-            bar.update(1)
-            if step % every == 0 or step == steps:
-                log.info("epoch %d/%d  step %d/%d  loss %.4f  lr %.4g", epoch + 1, params.epochs, step, steps,
-                         total / count, schedule.get_last_lr()[0])
-        losses.append(total / count)
-        if checkpoint.due(epoch + 1) and epoch + 1 < params.epochs:
-            checkpoint.save(snapshot(epoch + 1))
-        checkpoint.maybe_stop(lambda: snapshot(epoch + 1))
-    bar.close()
-    return losses
+            n_global = _global_size(len(x), r, len(train), batch_size)
+            boxes, flips = sample_views(n_global, crop_scale, hflip, generators["views"], trainer.device)
+            share = r.share(n_global)
+            x = apply_views(normalizer.from_uint8(to_device(x, trainer.device)), boxes[share], flips[share], image_size)
+            loss = loss_fn(trainer.forward(x), x, to_device(y, trainer.device))
+            trainer.step(loss if r.world == 1 else loss * r.loss_scale(len(y), n_global))
+            yield loss, len(y)
+
+    return run_epochs(name, epochs, len(loader), epoch_steps, trainer.device, checkpoint,
+                      snapshot=lambda epoch: trainer.state(epoch, generators),
+                      restore=lambda state: trainer.restore(state, generators),
+                      describe=lambda: f"lr {trainer.lr():.4g}")
+
+
+def _global_size(n_local: int, r, n_train: int, batch_size: int) -> int:
+    """The global batch a rank's share came from: full batches, or the whole set when it is smaller."""
+    if r.world == 1:
+        return n_local
+    return batch_size if n_train > batch_size else n_train

@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .runtime import to_device
+
 
 class Normalizer:
     """Maps images in [0, 1] to the model's input space ((x - mean) / std) and back."""
@@ -58,9 +60,14 @@ def sample_views(
     scale: Sequence[float],
     hflip: bool,
     generator: torch.Generator,
+    device: torch.device | None = None,
     ratio: Sequence[float] = (3 / 4, 4 / 3),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random-resized-crop boxes (area fraction in `scale`, aspect in `ratio`) and flip flags."""
+    """Random-resized-crop boxes (area fraction in `scale`, aspect in `ratio`) and flip flags.
+
+    Drawn on the host from a CPU generator (the same stream on any device), then sent to
+    `device` asynchronously.
+    """
     u = torch.rand(n, 5, generator=generator)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
@@ -69,7 +76,22 @@ def sample_views(
     cx = (1 - w) * (2 * u[:, 2] - 1)
     cy = (1 - h) * (2 * u[:, 3] - 1)
     flips = (u[:, 4] < 0.5) & hflip
-    return torch.stack([cx, cy, w, h], 1), flips
+    boxes = torch.stack([cx, cy, w, h], 1)
+    if device is None:
+        return boxes, flips
+    return to_device(boxes, device), to_device(flips, device)
+
+
+def roll_by(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """torch.roll(x, (dy, dx), dims=(2, 3)) for shifts = tensor([dy, dx]) on x's device.
+
+    The same pixels as torch.roll, but the shift is never read back to the host: it only
+    indexes, so a step that draws its jitter on the device does not wait for it.
+    """
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h, device=x.device) - shifts[0]) % h
+    cols = (torch.arange(w, device=x.device) - shifts[1]) % w
+    return x.index_select(2, rows).index_select(3, cols)
 
 
 def identity_views(n: int) -> tuple[torch.Tensor, torch.Tensor]:

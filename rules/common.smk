@@ -41,7 +41,12 @@ RESULTS = f"results/{DATASET}"
 # Checkpoint frequency changes no result, so it reaches the jobs (local, or SLURM jobs, which
 # re-read this file) through the environment: a rule param would rerun them when it changes.
 for _stage, _every in config["checkpoint_every"].items():
-    os.environ[f"D3S_{_stage.upper()}_CHECKPOINT_EVERY"] = str(_every)
+    _name = (
+        "CHECKPOINT_MINUTES"
+        if _stage == "minutes"
+        else f"{_stage.upper()}_CHECKPOINT_EVERY"
+    )
+    os.environ[f"D3S_{_name}"] = str(_every)
 if config["classes_per_shard"] and not config["datasets"][DATASET].get("num_classes"):
     raise ValueError(
         f"config: classes_per_shard is {config['classes_per_shard']}, so "
@@ -100,7 +105,9 @@ def options_from(section, settings):
             args.append(f"--{name}" if value else f"--no-{name}")
         else:
             args += [f"--{name}", shlex.quote(str(value))]
-    return " ".join(args)
+    if section in ("teacher", "stats", "distill", "relabel", "evaluate"):
+        args.append(runtime_options())
+    return " ".join(a for a in args if a)
 
 
 def distill_settings(ipc):
@@ -256,6 +263,26 @@ def grow_with_attempt(base):
 
 def gpu_count():
     return 0 if config["device"] == "cpu" else 1
+
+
+def d3s_launcher(wildcards, resources):
+    """`d3s`, or torchrun starting one d3s process per GPU when the job asks for several
+    (set-resources: {evaluate_full: {gpu: 4}}); a params function of resources reruns nothing.
+    """
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m d3s"
+    return "d3s"
+
+
+def runtime_options():
+    """--channels-last / --compile when config sets them off their default (as options_from does)."""
+    opts = []
+    if config["channels_last"] != "auto":
+        opts.append(f"--channels-last {config['channels_last']}")
+    if config["compile"]:
+        opts.append("--compile")
+    return " ".join(opts)
 
 
 def input_option(flag, key=None):

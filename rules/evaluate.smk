@@ -16,12 +16,13 @@ rule evaluate_student:
         mem_mb=grow_with_attempt(8000),
         runtime=grow_with_attempt(480),
     params:
+        d3s=d3s_launcher,
         resume_dir=resume_dir("evaluate_student"),
         data=dataset_spec,
         opts=cli_options("evaluate"),
         device=config["device"],
     shell:
-        "d3s evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
+        "{params.d3s} evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
         "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
@@ -44,14 +45,17 @@ rule evaluate_full:
         mem_mb=grow_with_attempt(8000),
         runtime=grow_with_attempt(720),
     params:
+        d3s=d3s_launcher,
+        resume_dir=resume_dir("evaluate_full"),
         data=dataset_spec,
         teachers=input_option("--teacher", "teachers"),
         opts=cli_options("evaluate"),
         device=config["device"],
     shell:
-        "d3s evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
+        "{params.d3s} evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
         "--seed {wildcards.seed} --dataset-name {wildcards.dataset} {params.opts} "
-        "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
+        "--out {output} > {log} 2>&1"
 
 
 rule summarize:

@@ -16,10 +16,11 @@ rule relabel:
         mem_mb=grow_with_attempt(8000),
         runtime=grow_with_attempt(240),
     params:
+        d3s=d3s_launcher,
         teachers=input_option("--teacher", "teachers"),
         opts=cli_options("relabel"),
         seed=config["seed"],
         device=config["device"],
     shell:
-        "d3s relabel --images {input.images} {params.teachers} --seed {params.seed} {params.opts} "
+        "{params.d3s} relabel --images {input.images} {params.teachers} --seed {params.seed} {params.opts} "
         "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"

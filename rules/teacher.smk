@@ -35,12 +35,13 @@ rule train_teacher:
         mem_mb=grow_with_attempt(8000),
         runtime=grow_with_attempt(240),
     params:
+        d3s=d3s_launcher,
         resume_dir=resume_dir("train_teacher"),
         data=dataset_spec,
         opts=cli_options("teacher"),
         device=config["device"],
     shell:
-        "d3s train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
+        "{params.d3s} train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
         "--seed {wildcards.tseed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"

@@ -79,17 +79,17 @@ def train_student(
         for start in range(0, n, batch):
             idx = order[start:start + batch]
             share = idx[r.share(len(idx))]
-            scale = r.loss_scale(len(share), len(idx))
+            weight = r.loss_scale(len(share), len(idx))
             if len(share) == 0:  # a tail batch smaller than the ranks: join DDP's gradient average with weight 0
-                share, scale = idx[:1], 0.0
+                share, weight = idx[:1], 0.0
             x = apply_views(normalizer.from_uint8(images[share]), boxes[share], flips[share], size)
             out = trainer.forward(x).float()
             if params.label_mode == "soft":
                 loss = soft_label_loss(out, logits[share], params.temperature, params.t2_scale)
             else:
                 loss = F.cross_entropy(out, y_all[share])
-            trainer.step(loss if r.world == 1 else loss * scale)
-            yield loss, len(share) if scale else 0
+            trainer.step(loss if r.world == 1 else loss * weight)
+            yield loss, len(share) if weight else 0
 
     generators = {"g": g}
     run_epochs("student", params.epochs, steps_per_epoch, epoch_steps, device, checkpoint,

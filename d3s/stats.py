@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
-from .data import DatasetSpec, load_dataset
+from .data import DatasetSpec, evaluation_loader, load_dataset
+from .distributed import Ranks
 from .errors import D3SError
 from .gaussian import MomentAccumulator, affine_moments
 from .models import bn_layers
-from .runtime import generator, log, log_every, progress
+from .runtime import generator, log, log_every, prepare_input, prepare_model, progress, to_device
 from .teacher import Teacher
 from .transforms import apply_views, resize, sample_views
 
@@ -119,9 +119,9 @@ def extract_stats(
     dataset flips) views of each image, the augmentation distillation renders its images with,
     so both sides of the KL describe the same kind of input.
     """
-    model = teacher.model.eval()
+    model = prepare_model(teacher.model, device).eval()
     normalizer = teacher.normalizer(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = evaluation_loader(dataset, batch_size, workers, device, Ranks())  # pinned on CUDA
     g = generator(seed, 50)
     with BNInputRecorder(model, teacher.path) as rec:
         accs = [MomentAccumulator(m.num_features, device) for _, m in rec.layers]
@@ -133,14 +133,14 @@ def extract_stats(
                      else "moments of its input directly (no conv straight from the image)")
         every = log_every(len(loader), 10)
         for step, (x, _) in enumerate(progress(loader, desc="stats")):
-            x = normalizer.from_uint8(x.to(device))
+            x = normalizer.from_uint8(to_device(x, device))
             for _ in range(max(views, 1)):
                 if views:
-                    boxes, flips = sample_views(len(x), crop_scale, teacher.hflip, g)
+                    boxes, flips = sample_views(len(x), crop_scale, teacher.hflip, g, device)
                     view = apply_views(x, boxes, flips, teacher.image_size)
                 else:
                     view = resize(x, teacher.image_size)
-                model(view)
+                model(prepare_input(view))
                 skip = 0
                 if first is not None:  # the first layer's moments come from the patches instead
                     first.update(view)

@@ -148,3 +148,50 @@ def test_student_evaluation_resumes_after_sigterm(tiny, tmp_path):
     assert not resume.exists()
     ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
     assert (got["top1"], got["top5"]) == (ref["top1"], ref["top5"])
+
+
+def test_checkpoints_are_due_by_count_or_by_wall_time(tmp_path, caplog):
+    from d3s.checkpoint import Checkpointer
+
+    now = [0.0]
+    ckpt = Checkpointer(tmp_path / "ckpt", {"stage": "x"}, every=10, minutes=15, clock=lambda: now[0])
+    assert not ckpt.due(3) and ckpt.due(10)
+    now[0] = 14 * 60
+    assert not ckpt.due(3)
+    now[0] = 15 * 60
+    assert ckpt.due(3), "15 minutes after the start a checkpoint is due whatever the step"
+    with caplog.at_level("INFO", logger="d3s"):
+        ckpt.save({"step": 3, "weights": __import__("torch").zeros(1000)})
+    assert "MB)" in caplog.text, "each checkpoint logs its size"
+    assert not ckpt.due(4), "saving restarts the clock"
+    now[0] += 15 * 60
+    assert ckpt.due(4)
+    by_time_only = Checkpointer(tmp_path / "c2", {}, every=0, minutes=0.5, clock=lambda: now[0])
+    assert not by_time_only.due(1)
+    now[0] += 30
+    assert by_time_only.due(1)
+    assert not Checkpointer(None, {}, every=1, minutes=1).due(1), "without a directory nothing is ever due"
+
+
+def test_full_data_student_resumes_after_sigterm(tiny, tmp_path):
+    import json
+
+    from ..conftest import DIGITS
+
+    def args(out, *extra):
+        return ["evaluate-full", "--data", DIGITS, "--teacher", tiny["teacher"], "--student", "convnet3_w32",
+                "--full-epochs", "40", "--batch-size", "256", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+
+    run_cli(*args(tmp_path / "ref.json"))
+    resume, out = tmp_path / "ckpt", tmp_path / "r.json"
+    proc = _start(args(out, "--resume-dir", resume, "--checkpoint-every", "0"))
+    _wait_for_line(proc, "full-data student epoch 2/40")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, output
+    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
+    assert not resume.exists()
+    ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
+    assert (got["top1"], got["top5"]) == (ref["top1"], ref["top5"])

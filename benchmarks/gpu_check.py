@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py                  # the GPU check: ResNet-18 at 64 px / 200 classes and
                                                     # at 224 px / 1000 classes, random inputs (< 8 min on an H200)
-    python benchmarks/gpu_check.py --size cpu       # the same on this CPU, at 32 px (a few minutes)
+    python benchmarks/gpu_check.py --size cpu       # CPU-sized: ConvNet-3 at 32 px, ResNet-18 at 64 px (minutes)
     python benchmarks/gpu_check.py --size tiny      # seconds; tests/unit/test_gpu_check.py runs it
     ... --json figures.json                         # also write every figure
 
@@ -52,7 +52,8 @@ from d3s.training import accuracy  # noqa: E402
 CASES = {
     "gpu": [("Tiny-ImageNet-like", "resnet18_cifar", 64, 200, 256, 30),
             ("ImageNet-like", "resnet18", 224, 1000, 256, 20)],
-    "cpu": [("CIFAR-like", "resnet18_cifar", 32, 10, 64, 6)],
+    "cpu": [("CIFAR-like", "convnet3", 32, 10, 64, 6),
+            ("Tiny-ImageNet-shaped", "resnet18", 64, 200, 64, 4)],
     "tiny": [("tiny", "convnet3_w32", 16, 10, 16, 4)],
 }
 

@@ -62,9 +62,14 @@ def commands(o: Path) -> list[list[str]]:
 def produce(tree: Path, out: Path) -> None:
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    where = subprocess.run([sys.executable, "-c", "import d3s; print(d3s.__file__)"], env=env, cwd=out,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).is_relative_to(tree):
+        raise SystemExit(f"the d3s package for {tree} resolves to {where}")
     for cmd in commands(out):
+        # cwd outside the repository: `python -m` puts the working directory first on sys.path
         subprocess.run([sys.executable, "-m", "d3s", *map(str, cmd), "--device", "cpu", "--threads", "2"],
-                       check=True, env=env, capture_output=True)
+                       check=True, env=env, capture_output=True, cwd=out)
 
 
 def differences(a: Path, b: Path) -> list[str]:

@@ -7,8 +7,10 @@ continues from the checkpoint; with a different one it logs why and starts over.
 directory is removed once the final artifact is written.
 
 SLURM sends SIGTERM (or a chosen signal such as SIGUSR1) before a time limit or preemption:
-the stage then saves a checkpoint at the end of its current step and exits with code 75
-(EX_TEMPFAIL), so that Snakemake's --retries or a SLURM requeue runs it again and it resumes.
+the stage then saves a checkpoint at its next safe point (the end of the current distillation
+step, or of the current epoch of a training loop) and exits with code 75 (EX_TEMPFAIL), so
+that Snakemake's --retries or a SLURM requeue runs it again and it resumes. Under torchrun
+every rank stops after the same epoch and torchrun exits 1 (Snakemake retries either).
 """
 
 from __future__ import annotations
@@ -35,17 +37,27 @@ class Preempted(Exception):
 
 
 def install_stop_handlers(signals=(signal.SIGTERM, signal.SIGUSR1)) -> None:
-    """Remember a stop request instead of dying mid-step; the training loop checks `stop_requested`."""
+    """Remember a stop request instead of dying mid-step; the loops check `stop_requested` at
+    their safe points (each distillation step; each epoch end of the training loops)."""
+    first_at: list[float] = []
 
     def handler(signum, _frame):
-        if _stop_signal:  # a second signal: stop now, as without the handler
-            signal.signal(signum, signal.SIG_DFL)
+        if _stop_signal:
+            # Under torchrun a time limit reaches a rank twice (SLURM signals every process, and
+            # torchrun forwards its own): a repeat within a few seconds is that, not "stop now".
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and time.monotonic() - first_at[0] < REPEAT_SECONDS:
+                return
+            signal.signal(signum, signal.SIG_DFL)  # a second signal: stop now, as without the handler
             os.kill(os.getpid(), signum)
-        log.warning("received %s: will checkpoint after the current step and exit", signal.Signals(signum).name)
+        log.warning("received %s: will checkpoint at the next safe point and exit", signal.Signals(signum).name)
         _stop_signal.append(signum)
+        first_at.append(time.monotonic())
 
     for s in signals:
         signal.signal(s, handler)
+
+
+REPEAT_SECONDS = 5.0
 
 
 def stop_requested() -> bool:
@@ -113,23 +125,15 @@ class Checkpointer:
         size = (self.dir / "state.pt").stat().st_size
         log.info("checkpoint saved at step %d in %s (%.1f MB)", state["step"], self.dir, size / 1e6)
 
-    def maybe_stop(self, state_fn, device: torch.device | None = None) -> None:
-        """If a stop signal arrived: save `state_fn()` and raise Preempted.
+    def preempt(self, state: dict[str, Any]) -> None:
+        """Save `state`, wait until rank 0 has written it (several processes), raise Preempted."""
+        from .distributed import barrier
 
-        With `device`, the ranks of a multi-process job agree first (a collective: call it at
-        the same point on every rank), so all of them stop after the same step.
-        """
-        stop = stop_requested()
-        if device is not None:
-            from .distributed import any_rank
-
-            stop = any_rank(stop, device)
-        if stop:
-            state = state_fn()
-            self.save(state)
-            where = f"checkpoint in {self.dir}" if self.enabled else "no --resume-dir, so nothing was kept"
-            signum = _stop_signal[0] if _stop_signal else "to another rank"
-            raise Preempted(f"stopped by signal {signum} after step {state['step']}; {where}")
+        self.save(state)
+        barrier()  # ranks that exit early would make torchrun kill rank 0 mid-write
+        where = f"checkpoint in {self.dir}" if self.enabled else "no --resume-dir, so nothing was kept"
+        signum = _stop_signal[0] if _stop_signal else "on another rank"
+        raise Preempted(f"stopped by signal {signum} after step {state['step']}; {where}")
 
     def clear(self) -> None:
         if self.enabled and self.dir.exists() and _rank() == 0:

@@ -49,8 +49,10 @@ def _runtime_options(fn):
     """--device, --threads, --channels-last, --compile, --verbose: where and how fast a stage runs."""
     fn = click.option("--verbose", is_flag=True, help="debug logging")(fn)
     fn = click.option("--compile/--no-compile", "compile_models", default=False, show_default=True,
+                      envvar="D3S_COMPILE", show_envvar=True,
                       help="torch.compile the trained / relabelling models (minutes of start-up; for long GPU jobs)")(fn)
     fn = click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                      envvar="D3S_CHANNELS_LAST", show_envvar=True,
                       help="NHWC memory format for models and batches; auto: on CUDA only")(fn)
     fn = click.option("--threads", type=int, default=None,
                       help="CPU threads for torch, for the whole job: split over torchrun's processes (default: torch's choice)")(fn)
@@ -365,7 +367,7 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
-@_resume_options("evaluate_full", 1, "epochs")
+@_resume_options("evaluate_full", 0, "epochs")
 @_runtime_options
 def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, resume_dir, checkpoint_every, checkpoint_minutes,
                       device, threads, **kw):

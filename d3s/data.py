@@ -26,6 +26,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from .errors import D3SError
+from .runtime import log, to_device
 from .transforms import resize_uint8
 
 SOURCES = ("digits", "hdf5", "torchvision", "imagefolder")
@@ -443,6 +444,36 @@ class RankBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for batch in self.batches:
             yield batch[self.ranks.share(len(batch))]
+
+
+class ImagesOnDevice:
+    """A uint8 image set [N, C, H, W] where the compute is: on the GPU when it takes at most
+    `fraction` of the GPU's memory, else on the host, each batch then copied as it is used.
+
+    One plain copy to the GPU (a pinned staging copy would double a set of gigabytes in host
+    memory). ImageNet-1K at IPC 50 (7.5 GB) goes to an 80 GB GPU; ImageNet-21K at IPC 20 (66 GB)
+    stays on the host. Index with rows on `index_device`.
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device, fraction: float = 0.25):
+        self.device = device
+        fits = device.type != "cuda" or images.numel() <= fraction * torch.cuda.get_device_properties(device).total_memory
+        self.images = images.to(device) if fits else images
+        self.index_device = device if fits else torch.device("cpu")
+        if not fits:
+            log.info("%.1f GB of images stay on the host (over %.0f%% of the GPU's memory); batches are copied",
+                     images.numel() / 1e9, 100 * fraction)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def take(self, rows) -> torch.Tensor:
+        x = self.images[rows]
+        return x if x.device == self.device else to_device(x, self.device)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

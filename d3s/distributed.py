@@ -70,15 +70,21 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The module to train: DDP over all ranks (SyncBatchNorm on GPUs), or the model itself.
 
     SyncBatchNorm normalises with the global batch's statistics, so N GPUs train like one at
-    the same global batch. PyTorch has it for GPUs only: on the CPU (gloo) each rank
-    normalises with its own share's statistics, as plain DDP does.
+    the same global batch (timm's converter: torch's drops the activation of timm's fused
+    BatchNormAct layers). PyTorch has it for GPUs only: on the CPU (gloo) each rank normalises
+    with its own share's statistics, as plain DDP does. The converted layers reuse the same
+    Parameter objects, so an optimiser made before still holds them.
     """
     r = ranks()
     if r.world == 1:
         return model
     if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
+        # SyncBatchNorm keeps the running statistics equal on every rank: no buffer broadcast per step
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index], broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(model)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -95,12 +101,17 @@ def all_min(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when it is true on one (a stop signal reaching some ranks only)."""
+def agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every rank when it is true on one (one collective: call it on every rank).
+
+    For decisions that must be the same everywhere, such as "checkpoint now" (each rank has its
+    own clock) or "stop" (a signal may reach some ranks only).
+    """
     if ranks().world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    return bool(all_sum(t).item() > 0)
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def barrier() -> None:

@@ -17,10 +17,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .checkpoint import Checkpointer, restore_training_state, training_state
-from .distributed import all_min, all_sum, ranks, wrap
+from .checkpoint import Checkpointer, restore_training_state, stop_requested, training_state
+from .distributed import agree, all_min, all_sum, ranks, wrap
 from .errors import D3SError
-from .runtime import autocast, log, log_every, maybe_compile, prepare_input, prepare_model, progress
+from .runtime import SPEED, autocast, log, log_every, maybe_compile, prepare_input, prepare_model, progress
 
 CLEAN = 2**53  # "no non-finite loss yet": larger than any step, exact in float64
 
@@ -45,10 +45,14 @@ class LossMeter:
         return host[:-1].view(2, -1), (int(host[-1]) if host[-1] < CLEAN else -1)
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu()}
+        """The sums over all ranks (a collective), for a checkpoint."""
+        sums, _ = self.read()
+        return {"sums": sums}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
+        """Rank 0 carries the saved sums on; the other ranks' shares start at zero."""
+        if ranks().main:
+            self.sums.copy_(state["sums"])
 
 
 class Trainer:
@@ -59,7 +63,13 @@ class Trainer:
         self.model = model
         self.optimiser, self.schedule = optimiser, schedule
         self.device, self.precision = device, precision
-        self.module = maybe_compile(wrap(prepare_model(model, device), device))
+        module = wrap(prepare_model(model, device), device)
+        if ranks().world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            self.module = module  # dynamo breaks its graph at every SyncBatchNorm (pytorch#161302)
+            if SPEED.compile:
+                log.warning("compile: skipped for a BatchNorm model on several processes (SyncBatchNorm)")
+        else:
+            self.module = maybe_compile(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -123,10 +133,14 @@ def run_epochs(
             if step % every == 0 or step == total:
                 _log_progress(name, meter, epoch, epochs, step, total, describe())
         if snapshot is not None:
-            if epoch + 1 < epochs and checkpoint.due(epoch + 1):
-                _check_finite(name, meter)
-                checkpoint.save(saved(epoch + 1))
-            checkpoint.maybe_stop(lambda: saved(epoch + 1), device if ranks().world > 1 else None)
+            # one decision for all ranks: each has its own clock, and a signal may reach some only
+            due, stop = agree([epoch + 1 < epochs and checkpoint.due(epoch + 1), stop_requested()], device)
+            if due or stop:
+                _check_finite(name, meter)  # never checkpoint a diverged state
+                state = saved(epoch + 1)
+                if stop:
+                    checkpoint.preempt(state)
+                checkpoint.save(state)
     bar.close()
     sums, _ = _check_finite(name, meter)
     return (sums[0] / sums[1].clamp_min(1)).tolist()
@@ -142,6 +156,6 @@ def _check_finite(name: str, meter: LossMeter):
 
 def _log_progress(name, meter, epoch, epochs, step, total, extra) -> None:
     sums, _ = _check_finite(name, meter)
-    loss = float(sums[0, epoch] / max(float(sums[1, epoch]), 1.0))
-    log.info("%s epoch %d/%d  step %d/%d  loss %.4f%s", name, epoch + 1, epochs, step, total, loss,
-             f"  {extra}" if extra else "")
+    count = float(sums[1, epoch])
+    loss = f"  loss {float(sums[0, epoch]) / count:.4f}" if count else ""
+    log.info("%s epoch %d/%d  step %d/%d%s%s", name, epoch + 1, epochs, step, total, loss, f"  {extra}" if extra else "")

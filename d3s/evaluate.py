@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .artifacts import atomic_path, check_same_classes, code_version
 from .checkpoint import DEFAULT_MINUTES, Checkpointer
-from .data import DatasetSpec, batches_per_epoch, load_dataset
+from .data import DatasetSpec, ImagesOnDevice, batches_per_epoch, load_dataset
 from .distributed import ranks
 from .engine import Trainer, run_epochs
 from .errors import D3SError
@@ -50,14 +50,14 @@ def train_student(
 ) -> torch.nn.Module:
     """Train a student on the distilled set: soft labels replayed from `store`, or hard labels.
 
-    The set (uint8) and each epoch's labels, views and order go to the device once; a step
-    only indexes them there, so nothing is copied or read back per step.
+    The set (uint8, see ImagesOnDevice) and each epoch's labels, views and order go to the
+    device once; a step only indexes them there, so nothing is copied or read back per step.
     """
     if params.label_mode not in ("soft", "hard"):
         raise D3SError(f"evaluate: label_mode must be 'soft' or 'hard', got {params.label_mode!r}")
     r = ranks()
     normalizer = Normalizer(synthetic.norm_mean, synthetic.norm_std, device)
-    images = to_device(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
+    images = ImagesOnDevice(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
     y_all = to_device(torch.from_numpy(synthetic.labels), device)
     n, size = len(images), images.shape[-1]
     torch.manual_seed(seed)
@@ -75,21 +75,26 @@ def train_student(
             boxes, flips, logits = to_device(boxes, device), to_device(flips, device), logits.to(device)
         else:
             boxes, flips = sample_views(n, scale, synthetic.hflip, g, device)
-        order = to_device(torch.randperm(n, generator=g), device)
+        order_host = torch.randperm(n, generator=g)
+        order = to_device(order_host, device)
+        image_order = order if images.index_device == device else order_host
         for start in range(0, n, batch):
             idx = order[start:start + batch]
-            share = idx[r.share(len(idx))]
-            weight = r.loss_scale(len(share), len(idx))
-            if len(share) == 0:  # a tail batch smaller than the ranks: join DDP's gradient average with weight 0
-                share, weight = idx[:1], 0.0
-            x = apply_views(normalizer.from_uint8(images[share]), boxes[share], flips[share], size)
-            out = trainer.forward(x).float()
-            if params.label_mode == "soft":
-                loss = soft_label_loss(out, logits[share], params.temperature, params.t2_scale)
+            part = r.share(len(idx))
+            share = idx[part]
+            if len(share) == 0:  # a tail batch smaller than the ranks: an empty forward joins DDP's average
+                out = trainer.forward(torch.zeros((0, images.shape[1], size, size), device=device))
+                loss = out.float().sum()
             else:
-                loss = F.cross_entropy(out, y_all[share])
-            trainer.step(loss if r.world == 1 else loss * weight)
-            yield loss, len(share) if weight else 0
+                pixels = images.take(image_order[start:start + batch][part])
+                x = apply_views(normalizer.from_uint8(pixels), boxes[share], flips[share], size)
+                out = trainer.forward(x).float()
+                if params.label_mode == "soft":
+                    loss = soft_label_loss(out, logits[share], params.temperature, params.t2_scale)
+                else:
+                    loss = F.cross_entropy(out, y_all[share])
+            trainer.step(loss * r.loss_scale(len(share), len(idx)))  # exactly 1.0 with one process
+            yield loss, len(share)
 
     generators = {"g": g}
     run_epochs("student", params.epochs, steps_per_epoch, epoch_steps, device, checkpoint,
@@ -195,11 +200,13 @@ def run_evaluate_full(
             target = torch.stack([m(prepare_input(x)) for m in teacher_models]).mean(0).float()
         return soft_label_loss(logits.float(), target, params.temperature, params.t2_scale)
 
-    g = generator(seed, 31)  # one stream for batch order and views, as before the engine
+    # Batch order and views from separate streams: a shared one would depend on how far loader
+    # workers read ahead (the sampler draws its next permutation early), so on --threads.
+    generators = {"order": generator(seed, 31), "views": generator(seed, 32)}
     started = time.perf_counter()
     fit_on_real("full-data student", trainer, data.train, normalizer, data.image_size,
                 (params.crop_scale_min, params.crop_scale_max), t0.hflip, params.batch_size, params.full_epochs,
-                loss_fn, {"order": g, "views": g}, data.loader_workers(threads), checkpoint)
+                loss_fn, generators, data.loader_workers(threads), checkpoint)
     protocol = {**asdict(params), "epochs": params.full_epochs, "soft_labels": "teachers online" if params.label_mode == "soft" else None}
     result = _write_result(
         model, data, normalizer, out, device, threads, meta, method="full", ipc=None, student=student_arch, seed=seed,

@@ -27,6 +27,7 @@ import torch
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
 from .errors import D3SError
 from .hparams import RelabelParams
+from .data import ImagesOnDevice
 from .distributed import ranks
 from .engine import run_epochs
 from .runtime import autocast, generator, log, maybe_compile, prepare_input, prepare_model, to_device
@@ -95,14 +96,14 @@ def generate_soft_labels(
     The images go to the device once. An epoch's kept labels collect on the device and come
     back in one copy per epoch (packed into one float32 buffer with top-k). With several
     processes the epochs are dealt out round by round (epoch e on rank e mod N) and gathered on
-    rank 0, which writes: every epoch has its own view stream, so the file is bit-identical to
-    a 1-process run's.
+    rank 0, which writes: every epoch has its own view stream, so on the CPU the file is
+    bit-identical to a 1-process run's (on GPUs, up to the convolution algorithms each process picks).
     """
     t0 = teachers[0]
     for t in teachers:
         check_same_classes(synthetic.classes, synthetic_path, t.classes, t.path)
     normalizer = t0.normalizer(device)
-    images = to_device(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
+    images = ImagesOnDevice(torch.from_numpy(synthetic.images).permute(0, 3, 1, 2), device)
     n, c = len(images), len(t0.classes)
     if params.top_k < 0:
         raise D3SError(f"relabel: top_k must be 0 (keep all logits) or positive, got {params.top_k}")
@@ -118,9 +119,9 @@ def generate_soft_labels(
         boxes, flips = to_device(boxes, device), to_device(flips, device)
         for start in range(0, n, params.batch_size):
             sl = slice(start, start + params.batch_size)
-            view = prepare_input(apply_views(normalizer.from_uint8(images[sl]), boxes[sl], flips[sl], t0.image_size))
+            view = prepare_input(apply_views(normalizer.from_uint8(images.take(sl)), boxes[sl], flips[sl], t0.image_size))
             with autocast(device, params.precision):
-                batch_logits = torch.stack([m(view).float() for m in models]).mean(0).float()
+                batch_logits = torch.stack([m(view).float() for m in models]).mean(0)
             if k:
                 values, classes, rest = top_k_logits(batch_logits, k)
                 # fp16-rounded values, class ids (exact in float32 below 2**24) and the rest, in one buffer
@@ -150,7 +151,8 @@ def generate_soft_labels(
         if r.main:
             writer = _LabelWriter(tmp, teachers, synthetic, synthetic_path, params, seed, n, c, k)
         try:
-            run_epochs("relabel", rounds, -(-n // params.batch_size), round_steps, device, log_lines=10)
+            run_epochs("relabel" if r.world == 1 else f"relabel ({r.world} label epochs a round)", rounds,
+                   -(-n // params.batch_size), round_steps, device, log_lines=10)
         finally:
             if writer is not None:
                 writer.f.close()

@@ -18,17 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
-from .data import DatasetSpec, LoadedDataset, channel_moments, load_dataset
-from .dataset_info import read_dataset_info
 from .checkpoint import DEFAULT_MINUTES, Checkpointer
-from .errors import D3SError
-from .models import bn_layers, build_model
-from .hparams import RealTrainingParams
-from .runtime import log
-from .data import batches_per_epoch
+from .data import DatasetSpec, LoadedDataset, batches_per_epoch, channel_moments, load_dataset
+from .dataset_info import read_dataset_info
 from .distributed import ranks
 from .engine import Trainer
-from .runtime import generator
+from .errors import D3SError
+from .hparams import RealTrainingParams
+from .models import bn_layers, build_model
+from .runtime import generator, log
 from .training import accuracy, cosine_schedule, fit_on_real
 from .transforms import Normalizer
 

@@ -86,24 +86,18 @@ def fit_on_real(
     if trainer.schedule is None:
         raise ValueError("fit_on_real: the trainer needs a schedule")
 
+    n_global = min(batch_size, len(train))  # full batches only, or the whole set when it is smaller
+
     def epoch_steps(epoch: int):
         for x, y in loader:
-            n_global = _global_size(len(x), r, len(train), batch_size)
             boxes, flips = sample_views(n_global, crop_scale, hflip, generators["views"], trainer.device)
             share = r.share(n_global)
             x = apply_views(normalizer.from_uint8(to_device(x, trainer.device)), boxes[share], flips[share], image_size)
             loss = loss_fn(trainer.forward(x), x, to_device(y, trainer.device))
-            trainer.step(loss if r.world == 1 else loss * r.loss_scale(len(y), n_global))
+            trainer.step(loss * r.loss_scale(len(y), n_global))  # exactly 1.0 with one process
             yield loss, len(y)
 
     return run_epochs(name, epochs, len(loader), epoch_steps, trainer.device, checkpoint,
                       snapshot=lambda epoch: trainer.state(epoch, generators),
                       restore=lambda state: trainer.restore(state, generators),
                       describe=lambda: f"lr {trainer.lr():.4g}")
-
-
-def _global_size(n_local: int, r, n_train: int, batch_size: int) -> int:
-    """The global batch a rank's share came from: full batches, or the whole set when it is smaller."""
-    if r.world == 1:
-        return n_local
-    return batch_size if n_train > batch_size else n_train

@@ -47,6 +47,9 @@ for _stage, _every in config["checkpoint_every"].items():
         else f"{_stage.upper()}_CHECKPOINT_EVERY"
     )
     os.environ[f"D3S_{_name}"] = str(_every)
+# Speed knobs likewise (they change float rounding, not what is computed).
+for _knob in ("channels_last", "compile"):
+    os.environ[f"D3S_{_knob.upper()}"] = str(config[_knob]).lower()
 if config["classes_per_shard"] and not config["datasets"][DATASET].get("num_classes"):
     raise ValueError(
         f"config: classes_per_shard is {config['classes_per_shard']}, so "
@@ -105,9 +108,7 @@ def options_from(section, settings):
             args.append(f"--{name}" if value else f"--no-{name}")
         else:
             args += [f"--{name}", shlex.quote(str(value))]
-    if section in ("teacher", "stats", "distill", "relabel", "evaluate"):
-        args.append(runtime_options())
-    return " ".join(a for a in args if a)
+    return " ".join(args)
 
 
 def distill_settings(ipc):
@@ -273,16 +274,6 @@ def d3s_launcher(wildcards, resources):
     if gpus > 1:
         return f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m d3s"
     return "d3s"
-
-
-def runtime_options():
-    """--channels-last / --compile when config sets them off their default (as options_from does)."""
-    opts = []
-    if config["channels_last"] != "auto":
-        opts.append(f"--channels-last {config['channels_last']}")
-    if config["compile"]:
-        opts.append("--compile")
-    return " ".join(opts)
 
 
 def input_option(flag, key=None):

@@ -174,3 +174,39 @@ def test_rank_shares_cover_a_batch_once_and_average_to_its_mean(n, world):
     # DDP averages the ranks' gradients: the scaled rank means must average to the global mean
     ddp_average = sum(Ranks(r, world).loss_scale(len(p), n) * p.mean() for r, p in enumerate(parts)) / world
     assert ddp_average.item() == pytest.approx(values.mean().item())
+
+
+def test_two_process_student_checkpoints_by_time_and_resumes_after_sigterm(tiny, tmp_path):
+    """Time-based checkpoints are one decision for both ranks (each has its own clock: deciding
+    apart would mismatch their collectives and hang); a SIGTERM stops both after the same epoch."""
+    import json
+    import signal
+
+    from d3s.checkpoint import EXIT_PREEMPTED
+
+    def args(out, *extra):
+        return ["evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
+                "--student", "convnet3_w32_in", "--epochs", "600", "--out", out, *extra]
+
+    assert _torchrun(*args(tmp_path / "ref.json")).returncode == 0
+    resume, out = tmp_path / "ckpt", tmp_path / "r.json"
+    extra = ("--resume-dir", resume, "--checkpoint-every", "0", "--checkpoint-minutes", "0.0005")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "d3s",
+           *map(str, args(out, *extra)), "--device", "cpu", "--threads", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "student epoch 120/600" in line:
+            break
+    assert (resume / "state.pt").exists(), "checkpoints by time were written:\n" + "".join(seen)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both ranks
+    output = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and not out.exists(), output
+    assert output.count(f"exitcode  : {EXIT_PREEMPTED}") + output.count("Preempted: stopped by signal") >= 1, output
+    done = _torchrun(*args(out, *extra[:2]))
+    assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr[-3000:]
+    assert not resume.exists()
+    ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
+    assert (got["top1"], got["top5"]) == (ref["top1"], ref["top5"])

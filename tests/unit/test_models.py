@@ -22,7 +22,12 @@ def test_builtin_convnets_build_for_any_channels_and_size(name):
     for chans, size in ((1, 8), (3, 32)):
         model = build_model(name, num_classes=7, in_chans=chans, image_size=size).eval()
         assert model(torch.randn(2, chans, size, size)).shape == (2, 7)
-        assert len(bn_layers(model)) >= 3
+        if name.endswith("_in"):  # instance norm: a student, never a teacher
+            assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules()) >= 3
+            with pytest.raises(D3SError, match="no BatchNorm"):
+                bn_layers(model)
+        else:
+            assert len(bn_layers(model)) >= 3
 
 
 @pytest.mark.parametrize("name", PRESET_ARCHS)

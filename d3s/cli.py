@@ -309,10 +309,10 @@ def select_real_cmd(data, teachers, ipc, seed, out, device, threads):
 @click.option("--out", required=True, type=output, help="merged images artifact to write (.h5)")
 def merge_cmd(shards, ipc, out):
     """Join distillation shards (disjoint blocks of IPC indices x classes of one run) into one images artifact."""
-    from .synthetic import merge_synthetic, save_synthetic
+    from .synthetic import merge_synthetic_to
 
     try:
-        save_synthetic(out, merge_synthetic(list(shards), ipc))
+        merge_synthetic_to(out, list(shards), ipc)
     except D3SError as e:
         raise click.ClickException(str(e)) from None
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
 from .errors import D3SError  # noqa: E402
-from .synthetic import load_loss_curves, load_synthetic  # noqa: E402
+from .synthetic import load_loss_curves, read_header, read_rows  # noqa: E402
 
 METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^")}
 
@@ -79,16 +79,32 @@ def plot_losses(images_paths: list[str], out: str) -> None:
     _save(fig, out)
 
 
-def plot_images(images_path: str, out: str, max_classes: int = 20, max_ipc: int = 10) -> None:
-    """A grid of distilled images: one row per class, one column per IPC index."""
-    s = load_synthetic(images_path)
-    classes = min(len(s.classes), max_classes)
-    ipc = min(s.ipc_range[1], max_ipc)
-    h, w, c = s.images.shape[1:]
+def drawn_rows(labels: np.ndarray, ipc_index: np.ndarray, classes: int, ipc: int) -> np.ndarray:
+    """Rows of a set that land in a grid of its first `classes` classes x first `ipc` IPC indices, in file order."""
+    return np.flatnonzero((labels < classes) & (ipc_index < ipc))
+
+
+def image_grid(tiles: np.ndarray, labels: np.ndarray, ipc_index: np.ndarray, classes: int, ipc: int) -> np.ndarray:
+    """Tiles [n, H, W, C] laid out one row per class, one column per IPC index, 1 px white gaps; empty cells white."""
+    h, w, c = tiles.shape[1:]
     grid = np.full((classes * (h + 1), ipc * (w + 1), c), 255, dtype=np.uint8)
-    for img, label, i in zip(s.images, s.labels, s.ipc_index):
+    for img, label, i in zip(tiles, labels, ipc_index):
         if label < classes and i < ipc:
             grid[label * (h + 1):label * (h + 1) + h, i * (w + 1):i * (w + 1) + w] = img
+    return grid
+
+
+def plot_images(images_path: str, out: str, max_classes: int = 20, max_ipc: int = 10) -> None:
+    """A grid of distilled images: one row per class, one column per IPC index.
+
+    Reads only the images it draws: a merged ImageNet-21K set is tens of GB.
+    """
+    s = read_header(images_path)
+    classes = min(len(s.classes), max_classes)
+    ipc = min(s.ipc_range[1], max_ipc)
+    rows = drawn_rows(s.labels, s.ipc_index, classes, ipc)
+    grid = image_grid(read_rows(images_path, rows), s.labels[rows], s.ipc_index[rows], classes, ipc)
+    h, w, c = s.image_shape[1:]
     fig, ax = plt.subplots(figsize=(max(2.0, ipc * 0.6 + 1), max(2.0, classes * 0.6)))
     ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.set_yticks([r * (h + 1) + h / 2 for r in range(classes)], s.classes[:classes], fontsize=7)

@@ -47,14 +47,14 @@ def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], im
     """
     out = torch.empty(len(slots), data.channels, image_size, image_size, dtype=torch.uint8)
     for a in range(0, len(slots), chunk):
-        x = torch.stack([data.train[int(chosen[c][i])][0] for i, c in slots[a:a + chunk]])
+        x = torch.stack([data.train_plain[int(chosen[c][i])][0] for i, c in slots[a:a + chunk]])
         out[a:a + chunk] = resize_uint8(x, image_size)
     return out
 
 
 def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[tuple[int, int]], seed: int) -> torch.Tensor:
     """Starting pixels for `distill --init real`: the random baseline's images of the same slots."""
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("train",))
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     chosen = real_choice(data, 1 + max(i for i, _ in slots), seed)
@@ -62,7 +62,7 @@ def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[
 
 
 def select_real(spec: DatasetSpec, teachers: list[Teacher], ipc: int, seed: int) -> SyntheticSet:
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("train",))
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     chosen = real_choice(data, ipc, seed)

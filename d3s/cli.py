@@ -133,6 +133,7 @@ def main():
     """D3S dataset distillation, one command per stage.
 
     \b
+    [pack-index -> pack (per part) -> pack-merge: an image folder packed once into HDF5]
     dataset-info -> train-teacher (or import-teacher) -> extract-stats
       -> distill (per IPC shard) -> merge -> relabel
       -> evaluate (per student and seed) -> summarize
@@ -141,6 +142,56 @@ def main():
     version. The Snakemake workflow in this repository chains these commands; run them by
     hand to debug one stage.
     """
+
+
+@main.command("pack-index")
+@_data_option
+@click.option("--seed", type=int, default=0, help="seed of the shuffled order the training images are stored in")
+@click.option("--out", required=True, type=output, help="file index to write (.h5)")
+@_runtime_options
+def pack_index_cmd(data, seed, out, device, threads):
+    """List a dataset source once: class order, files, labels and a shuffled training order.
+
+    The first of the three packing steps (pack-index -> pack per part -> pack-merge); the only
+    one that walks the image folder.
+    """
+    from .data import DatasetSpec
+    from .prepare import write_index
+
+    write_index(DatasetSpec.parse(data), out, seed)
+
+
+@main.command("pack")
+@click.option("--index", "index", required=True, type=existing, help="file index from pack-index (.h5)")
+@click.option("--part", type=click.IntRange(min=0), default=0, show_default=True, help="which part (0-based)")
+@click.option("--parts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="how many parts the index is split into (one job each)")
+@click.option("--out", required=True, type=output, help="packed part to write (.h5)")
+@_runtime_options
+def pack_cmd(index, part, parts, out, device, threads):
+    """Decode one part of a file index into uint8 arrays, with THREADS - 1 decode workers.
+
+    Training images are stored at eval_resize x eval_resize (shorter side resized, centre crop),
+    test images at the evaluation protocol: Resize(eval_resize) -> CenterCrop(image_size).
+    """
+    from .prepare import pack_part
+
+    pack_part(index, part, parts, out, threads or 1)
+
+
+@main.command("pack-merge")
+@click.option("--part", "parts", multiple=True, required=True, type=existing, help="packed part (repeat, any order)")
+@click.option("--out", required=True, type=output, help="packed dataset file to write (.h5; the hdf5 source layout)")
+def pack_merge_cmd(parts, out):
+    """Append packed parts into one dataset file, a bounded block at a time (memory: one block)."""
+    from .prepare import merge_packed
+    from .runtime import setup_logging
+
+    setup_logging()
+    try:
+        merge_packed(list(parts), out)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command("dataset-info")

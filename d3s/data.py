@@ -50,6 +50,10 @@ class DatasetSpec:
     class_list: str | None = None  # imagefolder: file with one class (folder) name per line, in label order
     channels: int | None = None  # imagefolder: 1 (grayscale) or 3 (RGB); default 3
     image_size: int | None = None  # resize to this many pixels a side; None keeps the native size
+    # imagefolder: the evaluation protocol "Resize(eval_resize) -> CenterCrop(image_size)" for the test split;
+    # training images keep eval_resize x eval_resize so random-resized crops see the whole stored image
+    eval_resize: int | None = None
+    pack: bool | None = None  # workflow: pack the source into one HDF5 file first (None: when num_classes >= 100)
     hflip: bool = True  # horizontal flips are label-preserving (not for digits)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range for real-data training
     mean: tuple[float, ...] | None = None
@@ -72,6 +76,12 @@ class DatasetSpec:
         for key in needs.get(source, ()):
             if not d.get(key):
                 raise D3SError(f"{where}: source '{source}' needs the key '{key}'")
+        if d.get("eval_resize") is not None and source != "imagefolder":
+            raise D3SError(f"{where}: eval_resize applies to imagefolder sources (decoded images); "
+                           f"source '{source}' has fixed-size images")
+        if d.get("eval_resize") is not None and d.get("image_size") and d["eval_resize"] < d["image_size"]:
+            raise D3SError(f"{where}: eval_resize {d['eval_resize']} is smaller than image_size {d['image_size']} "
+                           "(the test crop must fit inside the resized image)")
         if source == "torchvision" and d["torchvision_name"] not in TORCHVISION_DATASETS:
             raise D3SError(f"{where}: torchvision_name {d['torchvision_name']!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
         known = set(cls.__dataclass_fields__) - {"extra"}
@@ -147,16 +157,19 @@ class HDF5ImageDataset(Dataset):
         return {**self.__dict__, "_file": None}
 
 
-def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
-    """Decode one image file: shorter side resized to `size`, centre crop to size x size, uint8 [C, S, S]."""
+def decode_image(path: Path, size: int, channels: int, resize_to: int | None = None) -> torch.Tensor:
+    """Decode one image file: shorter side resized to `resize_to` (default `size`), then the centre
+    size x size crop, as uint8 [C, S, S]. With resize_to 256 and size 224 this is the ImageNet
+    evaluation protocol (torchvision's Resize(256) -> CenterCrop(224), bilinear, antialiased)."""
     from PIL import Image, UnidentifiedImageError
 
+    short = resize_to or size
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
             w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            scale = short / min(w, h)
+            im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
@@ -167,17 +180,34 @@ def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
 
 
 class ImageFileDataset(Dataset):
-    """A list of (image file, label), decoded and resized on access."""
+    """A list of (image file, label), decoded on access (see `decode_image`)."""
 
-    def __init__(self, files: list[Path], labels: list[int], size: int, channels: int):
-        self.files, self.labels = files, torch.tensor(labels, dtype=torch.long)
-        self.size, self.channels = size, channels
+    def __init__(self, files: list[Path], labels: list[int], size: int, channels: int, resize_to: int | None = None):
+        self.files, self.labels = files, torch.as_tensor(labels, dtype=torch.long)
+        self.size, self.channels, self.resize_to = size, channels, resize_to
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return _load_image(self.files[i], self.size, self.channels), self.labels[i]
+        return decode_image(self.files[i], self.size, self.channels, self.resize_to), self.labels[i]
+
+
+class CenterCropDataset(Dataset):
+    """Another image dataset's centre size x size crop: a training image stored at eval_resize seen
+    as the evaluation protocol sees a test image (statistics, real-image baselines, normalisation)."""
+
+    def __init__(self, base: Dataset, size: int):
+        self.base, self.size, self.labels = base, size, base.labels
+        self.chunk_rows = getattr(base, "chunk_rows", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        top, left = (x.shape[1] - self.size) // 2, (x.shape[2] - self.size) // 2
+        return x[:, top:top + self.size, left:left + self.size], y
 
 
 class ResizedImageDataset(Dataset):
@@ -202,13 +232,29 @@ class ResizedImageDataset(Dataset):
 
 @dataclass
 class LoadedDataset:
+    """A dataset's splits (None where a stage asked not to load one), class order and image format.
+
+    `native_size` is the side of what a model sees (test images, views); training images may be
+    stored larger (`train_size`, the eval_resize side) so random-resized crops keep the whole
+    stored image, and `train_plain` is then their centre crop at `native_size`.
+    """
+
     spec: DatasetSpec
-    train: Dataset
-    test: Dataset
+    train: Dataset | None
+    test: Dataset | None
     classes: list[str]
     channels: int
     native_size: int
     streamed: bool = False  # images are read (and decoded) on access rather than held in memory
+    train_size: int | None = None  # side of stored training images; None: native_size
+    eval_resize: int | None = None  # test images are Resize(eval_resize) -> CenterCrop(native_size); None: resize only
+
+    @property
+    def train_plain(self) -> Dataset:
+        """Training images as the evaluation protocol sees test images: the centre image_size crop."""
+        if self.train_size and self.train_size > self.native_size:
+            return CenterCropDataset(self.train, self.native_size)
+        return self.train
 
     def loader_workers(self, threads: int) -> int:
         """DataLoader worker processes: only worth their start-up cost when items are read from disk."""
@@ -223,13 +269,24 @@ class LoadedDataset:
         return len(self.classes)
 
 
-def load_dataset(spec: DatasetSpec) -> LoadedDataset:
+SPLITS = ("train", "test")
+
+
+def load_dataset(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+    """The splits named in `splits` (the others are None: evaluation needs no training set)."""
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"load_dataset: unknown split(s) {sorted(unknown)}")
     loader = {"digits": _digits, "hdf5": _hdf5, "torchvision": _torchvision, "imagefolder": _imagefolder}[spec.source]
-    data = loader(spec)
+    data = loader(spec) if spec.source in ("digits", "torchvision") else loader(spec, splits)
+    data.train, data.test = (getattr(data, s) if s in splits else None for s in SPLITS)
     if spec.num_classes is not None and spec.num_classes != data.num_classes:
         raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
     if spec.image_size and spec.image_size != data.native_size:
-        data.train, data.test = (ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test))
+        if data.train_size and data.train_size != data.native_size:
+            raise D3SError(f"dataset '{spec.name}': {spec.path} was packed for image_size {data.native_size} "
+                           f"(training images {data.train_size} px), the config asks for {spec.image_size}; pack it again")
+        data.train, data.test = (d if d is None else ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test))
         data.native_size = spec.image_size
     return data
 
@@ -267,8 +324,13 @@ def _digits(spec: DatasetSpec) -> LoadedDataset:
     return _from_arrays(spec, images[~is_test], labels[~is_test], images[is_test], labels[is_test], classes, "digits")
 
 
-def _hdf5(spec: DatasetSpec) -> LoadedDataset:
-    """The layout of ../shared/datasets/*.h5, read lazily (labels and shapes only at load time)."""
+def _hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+    """The layout of ../shared/datasets/*.h5 (and of `d3s prepare`'s packed files), read lazily:
+    labels and shapes at load time, a split's pixels only when it is asked for.
+
+    Training images may be stored larger than test images (a packed file keeps them at
+    eval_resize; the test split is already at the evaluation protocol's size).
+    """
     from .artifacts import open_hdf5
 
     path = Path(spec.path)
@@ -279,22 +341,31 @@ def _hdf5(spec: DatasetSpec) -> LoadedDataset:
         if "classes" not in f.attrs:
             raise D3SError(f"{path}: missing attribute 'classes' (class names in label order)")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in f.attrs["classes"]]
-        splits, streamed = {}, False
-        for split in ("train", "test"):
-            images, labels = f[f"{split}/images"], f[f"{split}/labels"][()]
+        loaded, shapes, streamed = {}, {}, False
+        for split in SPLITS:
+            images = f[f"{split}/images"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
                 raise D3SError(f"{path}: '{split}/images' must be uint8 [N, S, S, C], got {images.dtype} {list(images.shape)}")
+            shapes[split] = images.shape
+            if split not in splits:
+                continue
+            labels = f[f"{split}/labels"][()]
             if len(labels) != images.shape[0]:
                 raise D3SError(f"{path}: {images.shape[0]} {split} images but {len(labels)} labels")
             _check_labels(str(path), split, labels, len(classes))
             if images.size <= spec.memory_limit_mb * 2**20:
-                splits[split] = ArrayImageDataset(images[()], labels)
+                loaded[split] = ArrayImageDataset(images[()], labels)
             else:
-                splits[split] = HDF5ImageDataset(path, split, labels, chunk_rows=(images.chunks or (1024,))[0])
+                loaded[split] = HDF5ImageDataset(path, split, labels, chunk_rows=(images.chunks or (1024,))[0])
                 streamed = True
-            shape = images.shape
-    return LoadedDataset(spec, splits["train"], splits["test"], classes, channels=shape[3], native_size=shape[1],
-                         streamed=streamed)
+        eval_resize = int(f.attrs["eval_resize"]) if f.attrs.get("eval_resize") else None  # packed files say
+    train_size, size = shapes["train"][1], shapes["test"][1]
+    if shapes["train"][3] != shapes["test"][3]:
+        raise D3SError(f"{path}: train images have {shapes['train'][3]} channels, test images {shapes['test'][3]}")
+    if train_size < size:
+        raise D3SError(f"{path}: train images ({train_size} px) are smaller than test images ({size} px)")
+    return LoadedDataset(spec, loaded.get("train"), loaded.get("test"), classes, channels=shapes["test"][3],
+                         native_size=size, streamed=streamed, train_size=train_size, eval_resize=eval_resize)
 
 
 def _torchvision(spec: DatasetSpec) -> LoadedDataset:
@@ -326,16 +397,15 @@ def _image_files(folder: Path) -> list[Path]:
     return found
 
 
-def _imagefolder(spec: DatasetSpec) -> LoadedDataset:
-    root = Path(spec.root)
-    train_root = root / spec.train_dir
+def imagefolder_classes(spec: DatasetSpec) -> list[str]:
+    """Class (folder) names in label order: the class list file's, or the sorted training folders."""
+    train_root = Path(spec.root) / spec.train_dir
     if not train_root.is_dir():
         raise D3SError(f"{train_root}: training folder not found (dataset '{spec.name}', keys 'root'/'train_dir')")
     if spec.class_list:
         if not Path(spec.class_list).is_file():
             raise D3SError(f"{spec.class_list}: class list file not found (dataset '{spec.name}', key 'class_list')")
-        lines = Path(spec.class_list).read_text().split()
-        classes = [c for c in lines if c]
+        classes = [c for c in Path(spec.class_list).read_text().split() if c]
         missing = [c for c in classes if not (train_root / c).is_dir()]
         if missing:
             raise D3SError(f"{spec.class_list}: classes without a folder in {train_root}: {missing[:5]}")
@@ -343,18 +413,42 @@ def _imagefolder(spec: DatasetSpec) -> LoadedDataset:
         classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise D3SError(f"{train_root}: no class folders")
+    return classes
+
+
+def imagefolder_files(spec: DatasetSpec, classes: list[str], split: str) -> tuple[list[Path], list[int]]:
+    """The image files of one split of an image folder and their labels (one listing of the folder)."""
+    root = Path(spec.root)
     index = {c: i for i, c in enumerate(classes)}
-    channels = spec.channels or 3
+    if split == "test":
+        return _validation_files(spec, root / spec.val_dir, index)
     files, labels = [], []
     for c in classes:
-        found = _image_files(train_root / c)
+        found = _image_files(root / spec.train_dir / c)
         if not found:
-            raise D3SError(f"{train_root / c}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...)")
+            raise D3SError(f"{root / spec.train_dir / c}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...)")
         files += found
         labels += [index[c]] * len(found)
-    train = ImageFileDataset(files, labels, spec.image_size, channels)
-    test = ImageFileDataset(*_validation_files(spec, root / spec.val_dir, index), spec.image_size, channels)
-    return LoadedDataset(spec, train, test, classes, channels=channels, native_size=spec.image_size, streamed=True)
+    return files, labels
+
+
+def imagefolder_split(spec: DatasetSpec, split: str, files: list[Path], labels) -> ImageFileDataset:
+    """Decoding of a split: test images at the evaluation protocol (Resize(eval_resize) ->
+    CenterCrop(image_size)); training images at eval_resize x eval_resize (random-resized crops
+    then see the whole stored image), or both at image_size when eval_resize is not set."""
+    channels = spec.channels or 3
+    if split == "test":
+        return ImageFileDataset(files, labels, spec.image_size, channels, spec.eval_resize)
+    side = spec.eval_resize or spec.image_size
+    return ImageFileDataset(files, labels, side, channels, side)
+
+
+def _imagefolder(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+    classes = imagefolder_classes(spec)
+    loaded = {s: imagefolder_split(spec, s, *imagefolder_files(spec, classes, s)) for s in splits}
+    return LoadedDataset(spec, loaded.get("train"), loaded.get("test"), classes, channels=spec.channels or 3,
+                         native_size=spec.image_size, streamed=True, train_size=spec.eval_resize or spec.image_size,
+                         eval_resize=spec.eval_resize)
 
 
 def _validation_files(spec: DatasetSpec, val: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:

@@ -21,7 +21,7 @@ def dataset_info(spec: DatasetSpec, threads: int = 0) -> dict:
         mean, std, source = list(spec.mean), list(spec.std), "config"
     else:
         log.info("computing the normalisation over %d training images of '%s'", len(data.train), spec.name)
-        mean, std = channel_moments(data.train, workers=data.loader_workers(threads))
+        mean, std = channel_moments(data.train_plain, workers=data.loader_workers(threads))
         source = "computed from the training split"
     return {
         "name": spec.name, "spec": spec.to_dict(), "classes": data.classes, "num_classes": data.num_classes,

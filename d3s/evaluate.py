@@ -119,7 +119,7 @@ def run_evaluate(
     checkpoint_every: int = 0,
     checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("test",))  # a student of distilled images never sees the training set
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
     if data.image_size != synthetic.images.shape[1] or data.channels != synthetic.images.shape[3]:
         raise D3SError(f"{images_path}: images are {synthetic.images.shape[1]} px x {synthetic.images.shape[3]} channels, "
@@ -228,7 +228,8 @@ def _write_result(model, data, normalizer, out, device, threads, meta, *, method
         "method": method, "ipc": ipc, "student": student, "seed": seed,
         "top1": top1, "top5": top5, "n_images": int(n_images), "n_test": len(data.test),
         "train_seconds": round(train_seconds, 2),
-        "protocol": {"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol},
+        "protocol": {"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol,
+                     **({"eval_resize": data.eval_resize} if data.eval_resize else {})},
         "inputs": inputs,
         "code_version": code_version(),
     }

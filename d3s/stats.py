@@ -165,10 +165,12 @@ def extract_stats(
 
 def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0,
                       views: int = 0, crop_scale_min: float = 0.5, seed: int = 0) -> None:
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("train",))
     workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
-    layers = extract_stats(teacher, data.train, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed)
+    # Views crop the stored training image (as training did); plain images are its centre crop (as the test protocol)
+    layers = extract_stats(teacher, data.train if views else data.train_plain, pooling, batch_size, device, workers,
+                           views, (crop_scale_min, 1.0), seed)
     config = {"pooling": pooling, "batch_size": batch_size, "views": views}
     if views:
         config["crop_scale_min"] = crop_scale_min

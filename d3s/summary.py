@@ -23,6 +23,8 @@ def protocol_hash(result: dict) -> str:
     keys = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "t2_scale", "label_mode", "optimizer",
             "schedule", "reported", "label_epochs", "relabel", "crop_scale_min", "crop_scale_max")
     protocol = {k: result["protocol"].get(k) for k in keys}
+    if result["protocol"].get("eval_resize"):  # test-time Resize -> CenterCrop; absent: plain resize (older results)
+        protocol["eval_resize"] = result["protocol"]["eval_resize"]
     if protocol["relabel"]:
         # a setting at its default is what a result made before the setting existed did too
         defaults = {f.name: f.default for f in dataclasses.fields(RelabelParams)}

@@ -70,7 +70,7 @@ def normalisation(data: LoadedDataset, info: str | None, threads: int) -> tuple[
     elif spec.mean is not None and spec.std is not None:
         mean, std, source = list(spec.mean), list(spec.std), "config"
     else:
-        mean, std = channel_moments(data.train, workers=data.loader_workers(threads))
+        mean, std = channel_moments(data.train_plain, workers=data.loader_workers(threads))
         source = f"computed from {len(data.train)} training images"
     if len(mean) != data.channels or len(std) != data.channels:
         raise D3SError(f"dataset '{spec.name}': mean/std have {len(mean)}/{len(std)} values, images have {data.channels} channels")

@@ -15,6 +15,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/prepare.smk"
 include: "rules/teacher.smk"
 include: "rules/stats.smk"
 include: "rules/distill.smk"

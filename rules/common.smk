@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and every path/argument helper the rules use.
 import hashlib
+import math
 import json
 import os
 import shlex
@@ -71,15 +72,58 @@ wildcard_constraints:
     classes=r"all|\d+-\d+",
     student=r"[^/]+",
     seed=r"\d+",
+    part=r"\d+",
+    parts=r"\d+",
+
+
+PACK_MIN_CLASSES = 100  # `pack` unset: an image folder this large is packed (its listing and decodes dominate)
+PACK_DIR = config["prepare"]["dir"]
+# What a packed file has already applied (the pixels); the rest travels with the packed spec.
+PIXEL_KEYS = {"source", "root", "path", "torchvision_name", "download", "train_dir", "val_dir", "val_labels",
+              "class_list", "channels", "image_size", "eval_resize", "test_fraction", "split_seed"}
+
+
+def is_packed(dataset):
+    entry = config["datasets"][dataset]
+    pack = entry.get("pack")
+    if pack is None:
+        return entry["source"] == "imagefolder" and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
+    if pack and entry["source"] not in ("imagefolder", "torchvision"):
+        raise ValueError(f"config: datasets.{dataset}.pack: only imagefolder and torchvision sources are packed, "
+                         f"not '{entry['source']}' (it is read as it is)")
+    return bool(pack)
+
+
+def packed_file(dataset):
+    return f"{PACK_DIR}/{dataset}/data.h5"
+
+
+def dataset_input(wildcards):
+    """The packed file a job reads its data from, when the dataset is packed (else nothing)."""
+    return [packed_file(wildcards.dataset)] if is_packed(wildcards.dataset) else []
+
+
+def source_spec(wildcards):
+    """The dataset entry as the JSON spec `d3s --data` takes, as the source is (keys at their
+    defaults left out, as in options_from: the package has the same defaults, tested)."""
+    entry = without_defaults(SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset])
+    entry.pop("pack", None)
+    return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
+
+
+def pack_spec(wildcards):
+    """What decides a packed file's pixels: changing augmentation or normalisation repacks nothing."""
+    entry = json.loads(source_spec(wildcards))
+    return json.dumps({k: v for k, v in entry.items() if k in PIXEL_KEYS | {"name", "num_classes"}}, sort_keys=True)
 
 
 def dataset_spec(wildcards):
-    """The dataset entry as the JSON spec `d3s --data` takes (keys at their defaults left out, as
-    in options_from: the package has the same defaults, tested)."""
-    entry = without_defaults(
-        SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset]
-    )
-    return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
+    """The spec the stages read: the source's, or the packed HDF5 file with the training-side keys."""
+    entry = json.loads(source_spec(wildcards))
+    if not is_packed(wildcards.dataset):
+        return json.dumps(entry, sort_keys=True)
+    kept = {k: v for k, v in entry.items() if k not in PIXEL_KEYS}
+    return json.dumps({**kept, "source": "hdf5", "path": packed_file(wildcards.dataset)}, sort_keys=True)
 
 
 def without_defaults(schema, settings):
@@ -264,6 +308,64 @@ def grow_with_attempt(base):
 
 def gpu_count():
     return 0 if config["device"] == "cpu" else 1
+
+
+# Memory requests from what a job loads, so attempt 1 fits (each retry asks for one base more).
+# Measured on the CPU (benchmarks/README.md, scale rehearsal): a d3s process with torch, timm and
+# h5py imported peaks near 1 GB; CUDA's host-side context adds about 2 GB on a GPU node.
+TORCH_MB = 1500
+
+
+def torch_mb():
+    return TORCH_MB + (2000 if gpu_count() else 0)
+
+
+def files_mb(paths):
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    return sum(os.path.getsize(p) for p in paths if os.path.exists(p)) / 2**20
+
+
+def data_mb(dataset, splits):
+    """Host memory of the dataset splits a job holds: HDF5 splits up to memory_limit_mb are loaded
+    (a larger one is streamed); an image folder is decoded on the fly; small array sources load whole."""
+    entry = config["datasets"][dataset]
+    path = packed_file(dataset) if is_packed(dataset) else entry.get("path")
+    if path:
+        limit = entry.get("memory_limit_mb", 2048)
+        return min(files_mb(path), splits * limit) if os.path.exists(path) else splits * limit
+    return 200 * splits if entry["source"] == "imagefolder" else 500
+
+
+def memory(base=None, data_splits=0, **per_input):
+    """mem_mb = (base + dataset splits held + factor x size of each named input) x attempt."""
+
+    def mem_mb(wildcards, input, attempt):
+        mb = torch_mb() if base is None else base
+        if data_splits:
+            mb += data_mb(wildcards.dataset, data_splits)
+        mb += sum(factor * files_mb(input[name]) for name, factor in per_input.items())
+        return int(math.ceil(mb * attempt))
+
+    return mem_mb
+
+
+def shard_state_mb(wildcards):
+    """A distillation shard's pixels in fp32 with their gradient and Adam's two moments, plus views."""
+    ipc = int(wildcards.end) - int(wildcards.start)
+    if wildcards.classes == "all":
+        classes = config["datasets"][wildcards.dataset].get("num_classes", 1000)
+    else:
+        a, b = wildcards.classes.split("-")
+        classes = int(b) - int(a)
+    side = config["datasets"][wildcards.dataset].get("image_size") or 32
+    return ipc * classes * 3 * side * side * 4 * 6 / 2**20
+
+
+def distill_memory(wildcards, input, attempt):
+    mb = torch_mb() + 2 * files_mb(input.stats) + shard_state_mb(wildcards)
+    if distill_settings(wildcards.ipc).get("init") == "real":
+        mb += data_mb(wildcards.dataset, 1)
+    return int(math.ceil(mb * attempt))
 
 
 def d3s_launcher(wildcards, resources):

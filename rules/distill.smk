@@ -1,5 +1,6 @@
 rule distill_shard:
     input:
+        data=dataset_input,
         teachers=teacher_files,
         stats=stats_files,
     output:
@@ -13,7 +14,7 @@ rule distill_shard:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=distill_memory,
         runtime=grow_with_attempt(480),
     params:
         resume_dir=resume_dir("distill_shard"),
@@ -52,7 +53,7 @@ rule merge_shards:
     threads: 1
     resources:
         gpu=0,
-        mem_mb=4000,
+        mem_mb=lambda wildcards, input, attempt: math.ceil(1000 + 2 * files_mb(input) / len(input)) * attempt,
         runtime=30,
     params:
         shards=input_option("--shard"),
@@ -65,6 +66,7 @@ rule merge_shards:
 
 rule select_real:
     input:
+        data=dataset_input,
         teachers=teacher_files,
     output:
         "results/{dataset}/random/ipc{ipc}/images.h5",
@@ -77,7 +79,7 @@ rule select_real:
     threads: 1
     resources:
         gpu=0,
-        mem_mb=4000,
+        mem_mb=memory(data_splits=1),
         runtime=30,
     params:
         data=dataset_spec,

@@ -1,5 +1,6 @@
 rule evaluate_student:
     input:
+        data=dataset_input,
         images="results/{dataset}/{method}/ipc{ipc}/images.h5",
         labels="results/{dataset}/{method}/ipc{ipc}/labels.h5",
     output:
@@ -13,7 +14,7 @@ rule evaluate_student:
     threads: 1
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(data_splits=1, images=3),
         runtime=grow_with_attempt(480),
     params:
         d3s=d3s_launcher,
@@ -30,6 +31,7 @@ rule evaluate_student:
 
 rule evaluate_full:
     input:
+        data=dataset_input,
         teachers=teacher_files,
     output:
         "results/{dataset}/full/eval/{student}-s{seed}.json",
@@ -42,7 +44,7 @@ rule evaluate_full:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(data_splits=2),
         runtime=grow_with_attempt(720),
     params:
         d3s=d3s_launcher,

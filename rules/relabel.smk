@@ -13,7 +13,7 @@ rule relabel:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(images=3),
         runtime=grow_with_attempt(240),
     params:
         d3s=d3s_launcher,

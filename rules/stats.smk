@@ -1,5 +1,6 @@
 rule extract_stats:
     input:
+        data=dataset_input,
         teacher="results/{dataset}/teachers/{teacher}.h5",
     output:
         "results/{dataset}/stats/{teacher}.h5",
@@ -12,7 +13,7 @@ rule extract_stats:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(data_splits=1),
         runtime=grow_with_attempt(120),
     params:
         data=dataset_spec,

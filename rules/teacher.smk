@@ -1,4 +1,6 @@
 rule dataset_info:
+    input:
+        data=dataset_input,
     output:
         "results/{dataset}/dataset.json",
     log:
@@ -10,7 +12,7 @@ rule dataset_info:
     threads: 2
     resources:
         gpu=0,
-        mem_mb=4000,
+        mem_mb=memory(data_splits=2),
         runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,
@@ -20,6 +22,7 @@ rule dataset_info:
 
 rule train_teacher:
     input:
+        data=dataset_input,
         info="results/{dataset}/dataset.json",
     output:
         "results/{dataset}/teachers/{arch}-s{tseed}.h5",
@@ -32,7 +35,7 @@ rule train_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(data_splits=2),
         runtime=grow_with_attempt(240),
     params:
         d3s=d3s_launcher,
@@ -49,6 +52,7 @@ rule train_teacher:
 
 rule import_teacher:
     input:
+        data=dataset_input,
         info="results/{dataset}/dataset.json",
         checkpoint=pretrained_checkpoint,
     output:
@@ -62,7 +66,7 @@ rule import_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=grow_with_attempt(8000),
+        mem_mb=memory(data_splits=2),
         runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,

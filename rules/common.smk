@@ -79,23 +79,48 @@ wildcard_constraints:
 PACK_MIN_CLASSES = 100  # `pack` unset: an image folder this large is packed (its listing and decodes dominate)
 PACK_DIR = config["prepare"]["dir"]
 # What a packed file has already applied (the pixels); the rest travels with the packed spec.
-PIXEL_KEYS = {"source", "root", "path", "torchvision_name", "download", "train_dir", "val_dir", "val_labels",
-              "class_list", "channels", "image_size", "eval_resize", "test_fraction", "split_seed"}
+PIXEL_KEYS = {
+    "source",
+    "root",
+    "path",
+    "torchvision_name",
+    "download",
+    "train_dir",
+    "val_dir",
+    "val_labels",
+    "class_list",
+    "channels",
+    "image_size",
+    "eval_resize",
+    "test_fraction",
+    "split_seed",
+}
 
 
 def is_packed(dataset):
     entry = config["datasets"][dataset]
     pack = entry.get("pack")
     if pack is None:
-        return entry["source"] == "imagefolder" and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
+        return (
+            entry["source"] == "imagefolder"
+            and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
+        )
     if pack and entry["source"] not in ("imagefolder", "torchvision"):
-        raise ValueError(f"config: datasets.{dataset}.pack: only imagefolder and torchvision sources are packed, "
-                         f"not '{entry['source']}' (it is read as it is)")
+        raise ValueError(
+            f"config: datasets.{dataset}.pack: only imagefolder and torchvision sources are packed, "
+            f"not '{entry['source']}' (it is read as it is)"
+        )
     return bool(pack)
 
 
 def packed_file(dataset):
     return f"{PACK_DIR}/{dataset}/data.h5"
+
+
+def pack_parts(wildcards):
+    """The temporary parts pack_merge appends, one per pack_part job."""
+    n = config["prepare"]["parts"]
+    return [f"{PACK_DIR}/{wildcards.dataset}/parts/{k}-of-{n}.h5" for k in range(n)]
 
 
 def dataset_input(wildcards):
@@ -105,8 +130,11 @@ def dataset_input(wildcards):
 
 def source_spec(wildcards):
     """The dataset entry as the JSON spec `d3s --data` takes, as the source is (keys at their
-    defaults left out, as in options_from: the package has the same defaults, tested)."""
-    entry = without_defaults(SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset])
+    defaults left out, as in options_from: the package has the same defaults, tested).
+    """
+    entry = without_defaults(
+        SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset]
+    )
     entry.pop("pack", None)
     return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
 
@@ -114,7 +142,10 @@ def source_spec(wildcards):
 def pack_spec(wildcards):
     """What decides a packed file's pixels: changing augmentation or normalisation repacks nothing."""
     entry = json.loads(source_spec(wildcards))
-    return json.dumps({k: v for k, v in entry.items() if k in PIXEL_KEYS | {"name", "num_classes"}}, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in entry.items() if k in PIXEL_KEYS | {"name", "num_classes"}},
+        sort_keys=True,
+    )
 
 
 def dataset_spec(wildcards):
@@ -123,7 +154,10 @@ def dataset_spec(wildcards):
     if not is_packed(wildcards.dataset):
         return json.dumps(entry, sort_keys=True)
     kept = {k: v for k, v in entry.items() if k not in PIXEL_KEYS}
-    return json.dumps({**kept, "source": "hdf5", "path": packed_file(wildcards.dataset)}, sort_keys=True)
+    return json.dumps(
+        {**kept, "source": "hdf5", "path": packed_file(wildcards.dataset)},
+        sort_keys=True,
+    )
 
 
 def without_defaults(schema, settings):
@@ -327,12 +361,17 @@ def files_mb(paths):
 
 def data_mb(dataset, splits):
     """Host memory of the dataset splits a job holds: HDF5 splits up to memory_limit_mb are loaded
-    (a larger one is streamed); an image folder is decoded on the fly; small array sources load whole."""
+    (a larger one is streamed); an image folder is decoded on the fly; small array sources load whole.
+    """
     entry = config["datasets"][dataset]
     path = packed_file(dataset) if is_packed(dataset) else entry.get("path")
     if path:
         limit = entry.get("memory_limit_mb", 2048)
-        return min(files_mb(path), splits * limit) if os.path.exists(path) else splits * limit
+        return (
+            min(files_mb(path), splits * limit)
+            if os.path.exists(path)
+            else splits * limit
+        )
     return 200 * splits if entry["source"] == "imagefolder" else 500
 
 

@@ -48,12 +48,15 @@ rule merge_shards:
         "results/{dataset}/{synth}/ipc{ipc}/images.h5",
     log:
         "logs/merge_shards/{dataset}/{synth}/ipc{ipc}.log",
+    benchmark:
+        "logs/bench/merge_shards/{dataset}/{synth}/ipc{ipc}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1
     resources:
         gpu=0,
-        mem_mb=lambda wildcards, input, attempt: math.ceil(1000 + 2 * files_mb(input) / len(input)) * attempt,
+        # streams a block of rows at a time (synthetic.MERGE_BLOCK_BYTES, 64 MB): flat in the set size
+        mem_mb=memory(base=TORCH_MB + 500),
         runtime=30,
     params:
         shards=input_option("--shard"),

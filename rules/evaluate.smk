@@ -73,6 +73,8 @@ rule summarize:
         md="results/{dataset}/summary.md",
     log:
         "logs/summarize/{dataset}.log",
+    benchmark:
+        "logs/bench/summarize/{dataset}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1

@@ -2,11 +2,6 @@
 # parallel jobs, append them into the one HDF5 file every later stage reads (dataset_input).
 
 
-def pack_parts(wildcards):
-    n = config["prepare"]["parts"]
-    return [f"{PACK_DIR}/{wildcards.dataset}/parts/{k}-of-{n}.h5" for k in range(n)]
-
-
 rule pack_index:
     output:
         f"{PACK_DIR}/{{dataset}}/index.h5",

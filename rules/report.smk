@@ -9,6 +9,8 @@ rule plot_accuracy:
         ),
     log:
         "logs/plot_accuracy/{dataset}.log",
+    benchmark:
+        "logs/bench/plot_accuracy/{dataset}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -31,6 +33,8 @@ rule plot_losses:
         ),
     log:
         "logs/plot_losses/{dataset}.log",
+    benchmark:
+        "logs/bench/plot_losses/{dataset}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -56,6 +60,8 @@ rule plot_images:
         ),
     log:
         "logs/plot_images/{dataset}/{method}_ipc{ipc}.log",
+    benchmark:
+        "logs/bench/plot_images/{dataset}/{method}_ipc{ipc}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1

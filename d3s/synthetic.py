@@ -38,7 +38,12 @@ class SyntheticSet:
 
 
 # How an images dataset is stored; shared by save and merge so a merged set is laid out as a saved one.
-IMAGE_STORAGE = {"compression": "gzip", "chunks": True}
+# Chunks are whole images (see image_chunks) unless "chunks" is given here.
+IMAGE_STORAGE = {"compression": "gzip"}
+# About this many bytes of whole images a chunk: reading one image decompresses at most this (h5py's
+# automatic chunks split H, W and C and grow with N: at ImageNet-21K IPC 20 one image touched a 1.9 GB
+# chunk row), and a merge's block is not forced above MERGE_BLOCK_BYTES.
+IMAGE_CHUNK_BYTES = 2**20
 # Bytes of merged images a merge assembles per write (at least one chunk row, see _block_rows): its memory
 # is bounded by this, not by the shard or set size.
 MERGE_BLOCK_BYTES = 64 * 2**20
@@ -68,6 +73,18 @@ class SyntheticHeader:
         return int(self.ipc_index.min()), int(self.ipc_index.max()) + 1
 
 
+def image_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunk shape for images [N, H, W, C]: whole images, about IMAGE_CHUNK_BYTES (uint8) a chunk."""
+    n, *item = shape
+    rows = max(1, min(n, IMAGE_CHUNK_BYTES // max(1, int(np.prod(item)))))
+    return (rows, *item)
+
+
+def image_storage(shape: tuple[int, ...]) -> dict:
+    """create_dataset options for an images dataset of this shape."""
+    return {"chunks": image_chunks(shape), **IMAGE_STORAGE}
+
+
 _SET_FIELDS = [f.name for f in fields(SyntheticSet) if f.name != "images"]
 
 
@@ -88,7 +105,7 @@ def _write_metadata(f: h5py.File, s: SyntheticSet | SyntheticHeader, image_shape
 def save_synthetic(path: str | Path, s: SyntheticSet) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         _write_metadata(f, s, s.images.shape)
-        f.create_dataset("images", data=s.images, **IMAGE_STORAGE)
+        f.create_dataset("images", data=s.images, **image_storage(s.images.shape))
 
 
 def _read_loss_curves(f: h5py.File) -> dict[str, dict[str, np.ndarray]]:
@@ -194,7 +211,7 @@ def _block_rows(out: h5py.Dataset, block_bytes: int) -> int:
 
     Writing whole chunk rows at aligned offsets writes each compressed chunk exactly once; a partly
     written chunk would be read back, decompressed and rewritten later, slower and leaving dead space.
-    Under today's layout (chunks=True) a chunk row of a 66 GB ImageNet-21K set is ~2 GB, so that is the floor.
+    With whole-image chunks of about IMAGE_CHUNK_BYTES (image_chunks) the block is block_bytes rounded down.
     """
     chunk_rows = out.chunks[0] if out.chunks else 1
     row_bytes = int(np.prod(out.shape[1:])) * out.dtype.itemsize
@@ -229,7 +246,8 @@ def merge_synthetic_to(out: str | Path, paths: list[str], expected_ipc: int | No
     offsets = np.cumsum([0, *(s.image_shape[0] for s in shards)])
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         _write_metadata(f, merged, merged.image_shape)
-        images = f.create_dataset("images", shape=merged.image_shape, dtype=merged.image_dtype, **IMAGE_STORAGE)
+        images = f.create_dataset("images", shape=merged.image_shape, dtype=merged.image_dtype,
+                                  **image_storage(merged.image_shape))
         step = _block_rows(images, block_bytes)
         for start in range(0, len(order), step):
             _fill_block(images, start, order[start:start + step], paths, offsets)

@@ -103,9 +103,9 @@ def assert_same_content(a, b) -> None:
                 assert np.array_equal(oa[()], ob[()]), name
 
 
-@pytest.fixture(params=["chunks=True", "3-row chunks"])
+@pytest.fixture(params=["whole-image chunks", "3-row chunks"])
 def storage(request, monkeypatch):
-    """Today's layout (auto chunks: one chunk row here) and one whose chunk rows split the set, last one partial."""
+    """The default layout (one chunk holds this whole small set) and one whose chunks split the set, last one partial."""
     if request.param == "3-row chunks":
         monkeypatch.setattr(synthetic, "IMAGE_STORAGE", {"compression": "gzip", "chunks": (3, SIZE, SIZE, 3)})
     return request.param
@@ -191,6 +191,15 @@ def test_merge_writes_each_chunk_row_once_and_holds_one_block(shards, tmp_path, 
     # aligned, whole chunk rows, in order: no compressed chunk is written twice
     assert writes == [(0, 6), (6, 12), (12, 18), (18, 20)]
     assert sum(image_reads) == 20 and max(image_reads) <= 6  # every image read once, one block at most
+
+
+def test_image_chunks_are_whole_images_of_about_a_megabyte(tmp_path):
+    assert synthetic.image_chunks((50_000, 224, 224, 3)) == (6, 224, 224, 3)  # 6 x 147 KB
+    assert synthetic.image_chunks((10, 32, 32, 3)) == (10, 32, 32, 3)  # a small set is one chunk
+    assert synthetic.image_chunks((5, 1024, 1024, 3)) == (1, 1024, 1024, 3)  # never less than one image
+    path = make_shard(tmp_path / "s.h5", (0, 2), (0, 5), np.random.default_rng(0))
+    with h5py.File(path) as f:
+        assert f["images"].chunks == (10, SIZE, SIZE, 3) and f["images"].compression == "gzip"
 
 
 def test_read_header_and_read_rows_read_only_what_is_asked(shards, image_reads):

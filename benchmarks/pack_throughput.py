@@ -7,7 +7,7 @@ Usage (repo root, inside the venv):
     500x375 and 375x500, so each decode costs what an ImageNet one does; --grain adds sensor-like
     noise so the files are not the ~13 KB of smooth upscaled crops), then times the whole
     prepare stage, write_index -> pack_part -> merge_packed at image_size 224, eval_resize 256,
-    once with threads 1 (the main process decodes) and once with --threads (threads - 1 decode
+    once with threads 1 (the main process decodes) and once with --threads (threads decode
     workers). Prints images/s overall, per core (thread) and per decode process.
 (b) Imports a randomly initialised teacher built for 224 px as a teacher artifact (import_teacher
     from a safetensors checkpoint, as for a pretrained one), for timm resnet18 (the real teacher)

@@ -169,7 +169,7 @@ def pack_index_cmd(data, seed, out, device, threads):
 @click.option("--out", required=True, type=output, help="packed part to write (.h5)")
 @_runtime_options
 def pack_cmd(index, part, parts, out, device, threads):
-    """Decode one part of a file index into uint8 arrays, with THREADS - 1 decode workers.
+    """Decode one part of a file index into uint8 arrays, with THREADS decode workers (1: in this process).
 
     Training images are stored at eval_resize x eval_resize (shorter side resized, centre crop),
     test images at the evaluation protocol: Resize(eval_resize) -> CenterCrop(image_size).

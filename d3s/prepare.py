@@ -7,7 +7,7 @@ decode per image (`evaluate_full` alone: ~38 M decodes per seed). Packing pays b
           the training images (streamed HDF5 reads are chunk by chunk, so the file must not be
           sorted by class: a chunk would hold one class)
   part    decodes rows [k N / K, (k+1) N / K) of that order (and the same slice of the test
-          split) with parallel decode workers: K such jobs run side by side on a cluster
+          split) with THREADS parallel decode workers: K such jobs run side by side on a cluster
   merge   appends the parts, one at a time, into one file: memory is one batch, not the set
 
 Pixels are exactly what the raw-folder path decodes (`data.imagefolder_split`): training images
@@ -94,7 +94,10 @@ def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1
     if empty:
         raise D3SError(f"pack: part {part} of {parts} has no {empty[0]} images ({len(order)} train, {n_test} test "
                        "in the index); use fewer parts")
-    workers = max(0, threads - 1) if spec.source == "imagefolder" else 0
+    # THREADS decode workers: the main process only copies finished batches into the file, so with
+    # threads - 1 workers one core of the job's allocation would sit idle (measured: threads 2 with
+    # one worker decoded slower than threads 1). threads 1 decodes in the main process.
+    workers = (threads if threads > 1 else 0) if spec.source == "imagefolder" else 0
     t0, decoded = time.perf_counter(), 0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, PART_KIND, config={"dataset": spec.to_dict(), "part": part, "parts": parts}, seed=None,

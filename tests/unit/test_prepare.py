@@ -59,7 +59,7 @@ def test_decode_is_the_evaluation_protocol(folder):
     ours = decode_image(path, 24, 3, resize_to=28)
     assert ours.shape == (3, 24, 24)
     # PIL's resize is torchvision's on PIL images; sizes round alike: the pixels are identical
-    assert torch.equal(ours, torch.from_numpy(np.asarray(ref)).permute(2, 0, 1))
+    assert torch.equal(ours, torch.from_numpy(np.array(ref)).permute(2, 0, 1))
 
 
 def test_packed_file_holds_the_raw_paths_pixels_in_shuffled_order(folder, tmp_path):
@@ -127,3 +127,37 @@ def test_a_packed_file_refuses_another_image_size(folder, tmp_path):
     path = pack(folder, tmp_path)
     with pytest.raises(D3SError, match="pack it again"):
         load_dataset(DatasetSpec.from_dict({"name": "inlike", "source": "hdf5", "path": path, "image_size": 16}))
+
+
+def test_a_torchvision_source_packs_to_the_images_it_loads(tmp_path):
+    from tests.unit.test_data_sources import _idx
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "src" / "MNIST" / "raw"
+    for split, n in (("train", 12), ("t10k", 5)):
+        _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        _idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    spec = DatasetSpec.from_dict({"name": "m", "source": "torchvision", "torchvision_name": "MNIST",
+                                  "root": str(tmp_path / "src")})
+    write_index(spec, tmp_path / "index.h5", seed=1)
+    pack_part(str(tmp_path / "index.h5"), 0, 1, str(tmp_path / "part.h5"))
+    merge_packed([str(tmp_path / "part.h5")], str(tmp_path / "data.h5"))
+    raw_data = load_dataset(spec)
+    packed = load_dataset(DatasetSpec.from_dict({"name": "m", "source": "hdf5", "path": str(tmp_path / "data.h5")}))
+    assert packed.classes == raw_data.classes and packed.channels == 1
+    with h5py.File(tmp_path / "index.h5") as f:
+        order = f["train/order"][()]
+    for split, rows in (("train", order), ("test", np.arange(5))):
+        ours, theirs = getattr(packed, split), getattr(raw_data, split)
+        for i, r in enumerate(rows):
+            assert torch.equal(ours[i][0], theirs[int(r)][0]) and int(ours[i][1]) == int(theirs[int(r)][1])
+
+
+def test_protocol_hash_records_eval_resize_and_keeps_older_hashes():
+    from d3s.summary import protocol_hash
+
+    base = {"protocol": {"epochs": 300, "batch_size": 1024, "lr": 0.001, "relabel": None}}
+    with_resize = {"protocol": {**base["protocol"], "eval_resize": 256}}
+    other = {"protocol": {**base["protocol"], "eval_resize": 288}}
+    assert len({protocol_hash(base), protocol_hash(with_resize), protocol_hash(other)}) == 3
+    assert protocol_hash({"protocol": {**base["protocol"], "eval_resize": None}}) == protocol_hash(base)

@@ -156,3 +156,20 @@ def test_every_job_peaks_under_the_memory_it_asked_for(rehearsal):
 def test_rehearsal_is_complete_and_a_rerun_does_nothing(rehearsal):
     work, config, _, _ = rehearsal
     assert planned_jobs(work, config) == {}
+
+
+def _with_dataset(config: dict, **changes) -> dict:
+    entry = {**config["datasets"]["inet"], **changes}
+    return {**config, "datasets": {"inet": {k: v for k, v in entry.items() if v is not None}}}
+
+
+def test_augmentation_changes_repack_nothing_pixel_changes_repack(rehearsal):
+    work, config, _, _ = rehearsal
+    augment = planned_jobs(work, _with_dataset(config, crop_scale=[0.4, 1.0]))
+    assert augment and not {"pack_index", "pack_part", "pack_merge"} & set(augment)
+    pixels = planned_jobs(work, _with_dataset(config, eval_resize=40))
+    assert pixels["pack_index"] == 1 and pixels["pack_part"] == 2 and pixels["pack_merge"] == 1
+    # `pack` unset: a folder of >= 100 classes is packed all the same (the same spec, so nothing reruns)
+    assert planned_jobs(work, _with_dataset(config, pack=None)) == {}
+    raw = planned_jobs(work, _with_dataset(config, pack=False))
+    assert "pack_index" not in raw and raw["extract_stats"] == 1 and raw["import_teacher"] == 1

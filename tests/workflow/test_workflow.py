@@ -181,7 +181,8 @@ def test_cheap_rules_are_local_and_a_huge_merge_is_a_job():
     """localrules is what keeps a job off the cluster (the SLURM test checks it for real)."""
     cheap = {"summarize", "plot_accuracy", "plot_losses", "plot_images"}
     assert _local_rules() == cheap | {"merge_shards"}
-    assert _local_rules(REPO / "config" / "presets" / "imagenet21k.yaml") == cheap  # local_merge: false
+    for preset in ("imagenet1k", "imagenet21k", "imagenet21k_p"):  # local_merge: false
+        assert _local_rules(REPO / "config" / "presets" / f"{preset}.yaml") == cheap, preset
 
 
 def test_workflow_is_lint_clean_and_formatted():

@@ -375,14 +375,75 @@ def data_mb(dataset, splits):
     return 200 * splits if entry["source"] == "imagefolder" else 500
 
 
-def memory(base=None, data_splits=0, **per_input):
-    """mem_mb = (base + dataset splits held + factor x size of each named input) x attempt."""
+def memory(base=None, data_splits=0, batch=None, test=False, **per_input):
+    """mem_mb = (base + dataset splits held + factor x size of each named input + on a CPU the
+    activations of the largest batch: `batch` names the config section whose batch_size the job
+    trains or infers with, `test` adds the test pass) x attempt."""
 
     def mem_mb(wildcards, input, attempt):
         mb = torch_mb() if base is None else base
         if data_splits:
             mb += data_mb(wildcards.dataset, data_splits)
         mb += sum(factor * files_mb(input[name]) for name, factor in per_input.items())
+        largest = max(
+            setting(batch, "batch_size") if batch else 0, TEST_BATCH if test else 0
+        )
+        mb += cpu_batch_mb(largest, dataset_side(wildcards.dataset))
+        return int(math.ceil(mb * attempt))
+
+    return mem_mb
+
+
+def dataset_side(dataset):
+    """Image side the stages see (sources without image_size: their native size, at most 32 here)."""
+    return config["datasets"][dataset].get("image_size") or 32
+
+
+# On a CPU a job's activations are host memory (on a GPU node they are the GPU's): allow this many
+# times the batch's fp32 input (benchmarks/student_memory.py: ConvNet-3 at 128 px used ~21x in a
+# test pass; ResNet-18 training keeps ~60x).
+CPU_ACTIVATION_FACTOR = 64
+TEST_BATCH = 512  # training.accuracy's batch: the test pass of every student job
+
+
+def setting(section, key):
+    return config.get(section, {}).get(
+        key, SCHEMA["properties"][section]["properties"][key].get("default")
+    )
+
+
+def images_header(path):
+    """(uncompressed MB, side) of an images artifact from its header (no pixels read); the gzip
+    file can be 20x smaller than what a job decompresses. Without h5py: 3x the file size.
+    """
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            shape = f["images"].shape
+        return math.prod(shape) / 2**20, shape[1]
+    except (ImportError, OSError, KeyError):
+        return 3 * files_mb(path), dataset_side(DATASET)
+
+
+def cpu_batch_mb(batch, side):
+    return (
+        0
+        if gpu_count()
+        else batch * side * side * 3 * 4 * CPU_ACTIVATION_FACTOR / 2**20
+    )
+
+
+def student_memory(section, data_splits=0):
+    """relabel / evaluate_student: the distilled set, held once uncompressed (+50 %), the test split
+    for a student, and on a CPU the activations of the largest batch."""
+
+    def mem_mb(wildcards, input, attempt):
+        set_mb, side = images_header(input.images)
+        batch = max(setting(section, "batch_size"), TEST_BATCH if data_splits else 0)
+        mb = torch_mb() + 1.5 * set_mb + cpu_batch_mb(batch, side)
+        if data_splits:
+            mb += data_mb(wildcards.dataset, data_splits)
         return int(math.ceil(mb * attempt))
 
     return mem_mb
@@ -402,6 +463,10 @@ def shard_state_mb(wildcards):
 
 def distill_memory(wildcards, input, attempt):
     mb = torch_mb() + 2 * files_mb(input.stats) + shard_state_mb(wildcards)
+    batch = distill_settings(wildcards.ipc).get(
+        "batch_size", setting("distill", "batch_size")
+    )
+    mb += cpu_batch_mb(batch, dataset_side(wildcards.dataset))
     if distill_settings(wildcards.ipc).get("init") == "real":
         mb += data_mb(wildcards.dataset, 1)
     return int(math.ceil(mb * attempt))

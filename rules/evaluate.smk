@@ -14,7 +14,7 @@ rule evaluate_student:
     threads: 1
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=1, images=3),
+        mem_mb=student_memory("evaluate", data_splits=1),
         runtime=grow_with_attempt(480),
     params:
         d3s=d3s_launcher,
@@ -44,7 +44,7 @@ rule evaluate_full:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=2),
+        mem_mb=memory(data_splits=2, batch="evaluate", test=True),
         runtime=grow_with_attempt(720),
     params:
         d3s=d3s_launcher,

@@ -13,7 +13,7 @@ rule relabel:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(images=3),
+        mem_mb=student_memory("relabel"),
         runtime=grow_with_attempt(240),
     params:
         d3s=d3s_launcher,

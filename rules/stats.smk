@@ -13,7 +13,7 @@ rule extract_stats:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=1),
+        mem_mb=memory(data_splits=1, batch="stats"),
         runtime=grow_with_attempt(120),
     params:
         data=dataset_spec,

@@ -35,7 +35,7 @@ rule train_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=2),
+        mem_mb=memory(data_splits=2, batch="teacher", test=True),
         runtime=grow_with_attempt(240),
     params:
         d3s=d3s_launcher,
@@ -66,7 +66,7 @@ rule import_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=2),
+        mem_mb=memory(data_splits=2, test=True),
         runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,

@@ -25,7 +25,8 @@ image; a distillation step over a batch counts batch images); bytes written (art
 uncompressed size: gzip makes image files smaller); checkpoint size and checkpoint bytes per hour
 of one running job (checkpoint_every from the schema/preset: by count when its count is > 0, and/or
 every checkpoint_every.minutes of wall time; a job no longer than a period writes none by it); peak host RAM of one job (mem_mb as
-rules/*.smk request it at attempt 1); GPU-hours of one (the longest) job, and of the whole stage.
+rules/*.smk request it at attempt 1: on a device: cpu config it includes the batches' activations, on a GPU
+node those are GPU memory); GPU-hours of one (the longest) job, and of the whole stage.
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ PACK_INDEX_EXTRA_MB = 1000  # prepare.smk pack_index: memory(base=TORCH_MB + 100
 PACK_WORKER_MB = 400       # prepare.smk pack_part: TORCH_MB + 400 * threads
 MERGE_EXTRA_MB = 500       # distill.smk merge_shards: memory(base=TORCH_MB + 500) (streams blocks of rows)
 SHARD_STATE_COPIES = 6     # common.smk shard_state_mb: fp32 pixels, gradient, Adam's two moments, views
-# Input-size factors of memory(name=factor) in rules/*.smk (distill_memory: 2 x the statistics files).
-STATS_FACTOR, RELABEL_IMAGES_FACTOR, EVAL_IMAGES_FACTOR = 2, 3, 3
+STATS_FACTOR = 2           # common.smk distill_memory: 2 x the statistics files
+# common.smk student_memory (relabel, evaluate_student): the distilled set held once uncompressed, +50 %
+# (images_header reads its shape: N x side x side x channels uint8, whatever the gzip file's size).
+STUDENT_SET_FACTOR = 1.5
+# common.smk cpu_batch_mb: on a CPU job (device: cpu) a batch's activations are host memory, this many
+# times the batch's fp32 input; on a GPU job (device auto/cuda) they are the GPU's, and the term is 0.
+CPU_ACTIVATION_FACTOR = 64
+TEST_BATCH = 512           # common.smk TEST_BATCH: the test pass of train_teacher, import_teacher, the students
 # Each rule's runtime (minutes at attempt 1: rules/*.smk `runtime=`), to flag jobs that run past it.
 RUNTIME_MIN = {"pack_index": 60, "pack_part": 240, "pack_merge": 240, "dataset_info": 60, "train_teacher": 240,
                "import_teacher": 60, "extract_stats": 120, "distill_shard": 480, "merge_shards": 30,
@@ -120,8 +127,20 @@ def data_mb(entry: dict, splits: int, packed_mb: float | None) -> float:
 
 
 def job_mb(base: float, *parts: float) -> int:
-    """mem_mb at attempt 1: ceil of the sum (common.smk memory() and distill_memory())."""
+    """mem_mb at attempt 1: ceil of the sum (common.smk memory(), student_memory() and distill_memory())."""
     return int(math.ceil(base + sum(parts)))
+
+
+def cpu_batch_mb(batch: int, side: int, gpu: bool) -> float:
+    """common.smk cpu_batch_mb: a batch's fp32 input (3 channels) x CPU_ACTIVATION_FACTOR on a CPU job, 0 on a GPU."""
+    return 0 if gpu else batch * side * side * 3 * 4 * CPU_ACTIVATION_FACTOR / 2**20
+
+
+def batch_mb(ctx: dict, section: str | None = None, test: bool = False, batch: int | None = None) -> float:
+    """The activation term of common.smk memory(batch=section, test=...) / student_memory: the largest of the
+    section's batch_size (or `batch`) and, with `test`, TEST_BATCH, at the dataset's side."""
+    size = batch if batch is not None else ctx["config"][section]["batch_size"] if section else 0
+    return cpu_batch_mb(max(size, TEST_BATCH if test else 0), ctx["side"], ctx["gpu"])
 
 
 def shard_state_mb(ipc: int, classes: int, side: int) -> float:
@@ -414,6 +433,7 @@ def context(config: dict, sizes: dict, throughput: dict) -> dict:
         "dec": 0 if packed or not decoding else 1,  # JPEG decodes per real image read outside pack_part
         "archs": teacher_archs(config), "methods": methods,
         "synth": [m for m in methods if m in ("d3s", "sre2l")], "per_ipc": [m for m in methods if m != "full"],
+        "gpu": config["device"] != "cpu",  # common.smk gpu_count(): 0 only for device: cpu
         "base_mb": torch_mb(config["device"] != "cpu"),
     }
 
@@ -445,10 +465,9 @@ def teacher_rows(ctx: dict) -> list[dict]:
     """dataset_info, then every trained teacher and every imported one."""
     config, entry, tp, dec = ctx["config"], ctx["entry"], ctx["tp"], ctx["dec"]
     n_train, n_val, classes, side = ctx["n_train"], ctx["n_val"], ctx["classes"], ctx["side"]
-    ram = job_mb(ctx["base_mb"], _data(ctx, 2))
     computes_norm = entry.get("mean") is None or entry.get("std") is None
     rows = [plan_stage("dataset_info", 1, read=n_train if computes_norm else 0, decodes=dec * n_train if computes_norm else 0,
-                       written=RESULT_JSON_BYTES + 16 * classes, ram_mb=ram)]
+                       written=RESULT_JSON_BYTES + 16 * classes, ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2)))]
     file_bytes = max([4 * params(a, classes, side, ctx["channels"]) for a in ctx["archs"]] or [0])
     t = config["teacher"]
     trained = len(config["teachers"]["archs"]) * len(config["teachers"]["seeds"])
@@ -457,14 +476,17 @@ def teacher_rows(ctx: dict) -> list[dict]:
         job_h = (t["epochs"] * epoch_s + n_val / tp["infer_img_s"]) / 3600
         reads = trained * (t["epochs"] * n_train + n_val)
         rows.append(plan_stage("train_teacher", trained, read=reads, decodes=dec * reads, passes=reads,
-                               written=trained * file_bytes, ram_mb=ram, gpu_hours=trained * job_h, job_hours=job_h,
+                               written=trained * file_bytes,
+                               ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, "teacher", test=True)),
+                               gpu_hours=trained * job_h, job_hours=job_h,
                                checkpoint_bytes=2 * file_bytes,  # weights + SGD momentum
                                checkpoints_per_h=_ckpt(config, "teacher", epoch_s, job_h * 3600)))
     imported = len(config["teachers"]["pretrained"])
     if imported:  # checks the weights, records their test accuracy
         job_h = n_val / tp["infer_img_s"] / 3600
         rows.append(plan_stage("import_teacher", imported, read=imported * n_val, decodes=dec * imported * n_val,
-                               passes=imported * n_val, written=imported * file_bytes, ram_mb=ram,
+                               passes=imported * n_val, written=imported * file_bytes,
+                               ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, test=True)),
                                gpu_hours=imported * job_h, job_hours=job_h))
     return rows
 
@@ -478,7 +500,8 @@ def stats_rows(ctx: dict) -> list[dict]:
     job_h = n * views / ctx["tp"]["stats_img_s"] / 3600
     return [plan_stage("extract_stats", k, read=k * n * views, decodes=ctx["dec"] * k * n, passes=k * n * views,
                        written=sum(stats_bytes(a, ctx["side"]) for a in ctx["archs"]),
-                       ram_mb=job_mb(ctx["base_mb"], _data(ctx, 1)), gpu_hours=k * job_h, job_hours=job_h)]
+                       ram_mb=job_mb(ctx["base_mb"], _data(ctx, 1), batch_mb(ctx, "stats")), gpu_hours=k * job_h,
+                       job_hours=job_h)]
 
 
 def shard_job(ctx: dict, method: str, ipc: int, ipcs: tuple[int, int], classes: tuple[int, int]) -> dict:
@@ -498,7 +521,7 @@ def shard_job(ctx: dict, method: str, ipc: int, ipcs: tuple[int, int], classes: 
     return {"n": n, "read": n if s["init"] == "real" else 0, "passes": s["iterations"] * n * k,
             "seconds": s["iterations"] * n * step_s, "step_s": min(s["batch_size"], n) * step_s,
             "ram": job_mb(ctx["base_mb"], STATS_FACTOR * stats_mb, shard_state_mb(ipcs[1] - ipcs[0], ram_classes, side),
-                          init_mb),
+                          batch_mb(ctx, batch=s["batch_size"]), init_mb),
             "ckpt": ckpt}
 
 
@@ -539,17 +562,18 @@ def label_and_student_rows(ctx: dict) -> list[dict]:
         return []
     relabel_s = [rl["epochs"] * n * k / tp["relabel_img_s"][rl["precision"]] for n in sets]
     eval_s = [ev["epochs"] * n / train_rate + n_val / tp["infer_img_s"] for n in sets]
-    largest_mb = image_bytes(max(sets), side, channels) / 2**20
+    # student_memory: the largest set uncompressed (as images_header reads it), x STUDENT_SET_FACTOR
+    set_mb = STUDENT_SET_FACTOR * image_bytes(max(sets), side, channels) / 2**20
     reads = sum(ev["epochs"] * n + n_val for n in sets)
     return [plan_stage("relabel", len(sets), read=sum(rl["epochs"] * n for n in sets),
                        passes=sum(rl["epochs"] * n * k for n in sets),
                        written=sum(label_bytes(rl["epochs"], n, classes, rl["top_k"])["total"] for n in sets),
-                       ram_mb=job_mb(ctx["base_mb"], RELABEL_IMAGES_FACTOR * largest_mb), gpu_hours=sum(relabel_s) / 3600,
+                       ram_mb=job_mb(ctx["base_mb"], set_mb, batch_mb(ctx, "relabel")), gpu_hours=sum(relabel_s) / 3600,
                        job_hours=max(relabel_s) / 3600),
             plan_stage("evaluate_student", per_job * len(sets), read=per_job * reads,
                        decodes=per_job * ctx["dec"] * n_val * len(sets), passes=per_job * reads,
                        written=per_job * len(sets) * RESULT_JSON_BYTES,
-                       ram_mb=job_mb(ctx["base_mb"], _data(ctx, 1), EVAL_IMAGES_FACTOR * largest_mb),
+                       ram_mb=job_mb(ctx["base_mb"], set_mb, batch_mb(ctx, "evaluate", test=True), _data(ctx, 1)),
                        gpu_hours=per_job * sum(eval_s) / 3600, job_hours=max(eval_s) / 3600, checkpoint_bytes=student_ckpt,
                        checkpoints_per_h=_ckpt(config, "evaluate", max(sets) / train_rate, max(eval_s)))]
 
@@ -568,7 +592,8 @@ def full_rows(ctx: dict) -> list[dict]:
     student_ckpt = max(3 * 4 * params(s, ctx["classes"], ctx["side"], ctx["channels"]) for s in config["students"])
     return [plan_stage("evaluate_full", jobs, read=jobs * reads, decodes=jobs * ctx["dec"] * reads,
                        passes=jobs * (ev["full_epochs"] * n_train * (1 + online) + n_val), written=jobs * RESULT_JSON_BYTES,
-                       ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2)), gpu_hours=jobs * job_s / 3600, job_hours=job_s / 3600,
+                       ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, "evaluate", test=True)),
+                       gpu_hours=jobs * job_s / 3600, job_hours=job_s / 3600,
                        checkpoint_bytes=student_ckpt, checkpoints_per_h=_ckpt(config, "evaluate_full", n_train * per_image_s, job_s))]
 
 
@@ -607,8 +632,6 @@ def plan_notes(ctx: dict, rows: list[dict]) -> list[str]:
         notes.append(f"ASSUMED: {', '.join(unknown)} sized as ResNet-18 (BN widths, parameters)")
     if entry.get("num_classes") and entry["num_classes"] != ctx["size"].classes:
         notes.append(f"the preset says {entry['num_classes']} classes, SIZES {ctx['size'].classes}")
-    notes.append("RAM/job from uncompressed image sizes: the rules size it from the gzip files on disk, so they ask "
-                 "for less when the images compress")
     return notes
 
 

@@ -213,14 +213,19 @@ def _smk_def(text: str, name: str) -> str:
     return m.group(0)
 
 
+SMK_CONSTANTS = ("TORCH_MB", "PACK_MIN_CLASSES", "CPU_ACTIVATION_FACTOR", "TEST_BATCH")
+
+
 def _smk_namespace(config: dict) -> dict:
     """The memory helpers of rules/common.smk, executed as they are written there."""
     text = (REPO / "rules" / "common.smk").read_text()
-    ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"]}
-    for const in ("TORCH_MB", "PACK_MIN_CLASSES"):
+    ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"],
+          "SCHEMA": yaml.safe_load(sp.SCHEMA.read_text()), "DATASET": config.get("dataset")}
+    for const in SMK_CONSTANTS:
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
-    for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "shard_state_mb",
-               "distill_settings", "distill_memory"):
+    for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
+               "setting", "images_header", "cpu_batch_mb", "student_memory", "shard_state_mb", "distill_settings",
+               "distill_memory"):
         exec(_smk_def(text, fn), ns)
     return ns
 
@@ -249,13 +254,27 @@ def _sparse(path, size: int) -> str:
     return str(path)
 
 
+def _images_file(path, shape: tuple[int, ...]) -> str:
+    """An images artifact's header: an `images` dataset of this shape (uint8) with no data written, so the
+    file stays a few kB whatever the shape (HDF5 allocates a contiguous dataset's space at its first write)."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", shape=shape, dtype="uint8")
+    return str(path)
+
+
+CPU = {"device": "cpu"}
+
+
 @pytest.mark.parametrize("name,override", [("imagenet21k_p", {}), ("tiny_imagenet", {}),
                                            ("imagenet1k", {"datasets": {"imagenet1k": {"pack": False}}}),
-                                           ("imagenet1k", {"device": "cpu", "distill": {"init": "real"}})],
-                         ids=["21k_p", "tiny_packed_small", "1k_unpacked", "1k_cpu_init_real"])
+                                           ("imagenet1k", {**CPU, "distill": {"init": "real"}}),
+                                           ("imagenet21k_p", CPU), ("tiny_imagenet", CPU)],
+                         ids=["21k_p", "tiny_packed_small", "1k_unpacked", "1k_cpu_init_real", "21k_p_cpu", "tiny_cpu"])
 def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, name, override):
     """Each stage's RAM/job equals its rule's mem_mb expression (rules/*.smk, helpers from common.smk)
-    evaluated on files of the sizes the plan assumes (sparse files), at attempt 1."""
+    evaluated on files of the sizes the plan assumes (sparse files; the distilled set an HDF5 header of the
+    planned shape, which student_memory reads), at attempt 1. On device: cpu the batches' activations count."""
     config, p = plan_of(name, **override)
     entry = config["datasets"][name]
     c, side = entry["num_classes"], entry["image_size"]
@@ -266,7 +285,8 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
     archs = sp.teacher_archs(config)
     stats = [_sparse(tmp_path / f"stats{i}.h5", sp.stats_bytes(a, side)) for i, a in enumerate(archs)]
     ipc = max(config["ipcs"])
-    images = _sparse(tmp_path / "images.h5", sp.image_bytes(ipc * c, side))
+    images = _images_file(tmp_path / "images.h5", (ipc * c, side, side, entry.get("channels", 3)))
+    assert os.path.getsize(images) < 2**20  # the request follows the header's shape, not the file's size
     step, block = config["ipc_per_shard"], config["classes_per_shard"]
     shard = SimpleNamespace(dataset=name, ipc=str(ipc), start="0", end=str(min(step, ipc)),
                             classes=f"0-{min(block, c)}" if block else "all")
@@ -277,7 +297,8 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
              "merge_shards": (plain, _Input([images])), "select_real": (plain, _Input()),
              "relabel": (plain, _Input(images=images)), "evaluate_student": (plain, _Input(images=images)),
              "evaluate_full": (plain, _Input())}
-    assert ns["TORCH_MB"] == sp.TORCH_MB and ns["PACK_MIN_CLASSES"] == sp.PACK_MIN_CLASSES
+    assert all(ns[const] == getattr(sp, const) for const in SMK_CONSTANTS)
+    assert ns["images_header"](images) == (sp.image_bytes(ipc * c, side) / 2**20, side)
     checked = []
     for r in p["stages"]:
         wildcards, inputs = cases[r["stage"]]
@@ -287,6 +308,38 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
         assert r["ram_mb"] == int(expected), (r["stage"], r["ram_mb"], expected)
         checked.append(r["stage"])
     assert {"dataset_info", "distill_shard", "relabel", "evaluate_student"} <= set(checked)
+    if config["device"] == "cpu":  # the activation terms: 1k/21k_p import their teacher, tiny trains one and has full
+        teacher = "train_teacher" if name == "tiny_imagenet" else "import_teacher"
+        assert {teacher, "extract_stats"} <= set(checked) and (name != "tiny_imagenet" or "evaluate_full" in checked)
+
+
+def test_cpu_jobs_add_the_activations_of_their_largest_batch():
+    """tiny_imagenet (64 px): an image's fp32 input is 48 kB, x 64 = 3 MB of activations; on device: cpu a job
+    adds that per image of its largest batch (with a test pass at least TEST_BATCH = 512) and has no 2,000 MB
+    CUDA context. The fixed bases (pack_*, merge_shards: TORCH_MB + ...) know no device."""
+    gpu_config, gpu = plan_of("tiny_imagenet")
+    config, cpu = plan_of("tiny_imagenet", **CPU)
+    assert gpu_config["device"] == "auto" and config["device"] == "cpu" and sp.cpu_batch_mb(1, 64, gpu=False) == 3
+    largest = {"dataset_info": 0, "train_teacher": 512, "extract_stats": 256, "distill_shard": 200, "select_real": 0,
+               "relabel": 512, "evaluate_student": 512, "evaluate_full": 512}  # teacher 256, evaluate 256 < 512
+    fixed = {"pack_index", "pack_part", "pack_merge", "merge_shards"}
+    assert set(largest) | fixed == {r["stage"] for r in cpu["stages"]}
+    for stage in fixed:
+        assert row(cpu, stage)["ram_mb"] == row(gpu, stage)["ram_mb"], stage
+    for stage, batch in largest.items():
+        assert row(cpu, stage)["ram_mb"] == row(gpu, stage)["ram_mb"] - sp.CUDA_HOST_MB + 3 * batch, stage
+    # on a GPU node nothing of a batch is host memory; at 224 px an image is 36.75 MB of activations on a CPU
+    assert sp.cpu_batch_mb(1024, 224, gpu=True) == 0 and sp.cpu_batch_mb(1024, 224, gpu=False) == 1024 * 36.75
+
+
+def test_student_jobs_hold_the_set_uncompressed():
+    """student_memory: relabel and evaluate_student hold the largest set at its uncompressed size, x 1.5."""
+    config, p = plan_of("imagenet1k")
+    set_mb = sp.image_bytes(50 * 1000, 224) / 2**20  # IPC 50, 224 px: 7.5 GB
+    assert row(p, "relabel")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb)
+    data = sp.data_mb(config["datasets"]["imagenet1k"], 1, sp.packed_bytes(sp.SIZES["imagenet1k"],
+                                                                            config["datasets"]["imagenet1k"]) / 2**20)
+    assert row(p, "evaluate_student")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb + data)
 
 
 def test_shard_state_is_the_rules_formula():

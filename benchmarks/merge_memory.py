@@ -16,32 +16,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from _peak_rss import d3s, peak_rss_mb  # noqa: E402
+
 from d3s.synthetic import MERGE_BLOCK_BYTES, SyntheticSet, _block_rows, image_chunks, save_synthetic
 
-PEAK_RSS = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); " \
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
 BASELINE = "import d3s.cli, d3s.synthetic"  # what `d3s merge` imports before it reads a byte
 
 
-def d3s(*args) -> list[str]:
-    exe = Path(sys.executable).with_name("d3s")  # the console script, as the workflow runs it
-    return [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "d3s"]), *map(str, args)]
-
-
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """Peak RSS (MB) of `cmd` run in a fresh wrapper process, and its wall time."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], check=True, capture_output=True, text=True)
-    return int(out.stdout.split()[-1]) / 1024, time.perf_counter() - t0
 
 
 def write_set(folder: Path, classes: int, ipc: int, shards: int, size: int, rng) -> list[Path]:

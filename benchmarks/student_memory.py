@@ -33,14 +33,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-PEAK_RSS = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); " \
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+from _peak_rss import d3s, peak_rss_mb  # noqa: E402
+
 BASELINE = "import torch, timm, h5py, d3s.cli, d3s.relabel, d3s.evaluate"  # what the jobs import before reading data
 TORCH_MB = 1500  # rules/common.smk (CPU: no CUDA context term)
 CPU_ACTIVATION_FACTOR, TEST_BATCH = 64, 512  # rules/common.smk
@@ -53,18 +52,6 @@ def rule_request_mb(uncompressed_mb: float, batch: int, size: int, data_mb: floa
 KINDS = ("random", "smooth", "blocky")
 
 
-def d3s(*args) -> list[str]:
-    exe = Path(sys.executable).with_name("d3s")  # the console script, as the workflow runs it
-    return [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "d3s"]), *map(str, args)]
-
-
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """Peak RSS (MB) of `cmd` run in a fresh wrapper process, and its wall time."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
-    return int(out.stdout.split()[-1]) / 1024, time.perf_counter() - t0
 
 
 def file_mb(path: Path) -> float:

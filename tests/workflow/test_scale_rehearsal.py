@@ -10,6 +10,7 @@ memory model in rules/common.smk is checked against what the jobs really use.
 from __future__ import annotations
 
 import csv
+import os
 import json
 import re
 from pathlib import Path
@@ -19,10 +20,11 @@ import numpy as np
 import pytest
 
 from d3s.artifacts import read_classes
-from tests.imagenet_like import make_imagenet_like
+from tests.imagenet_like import CIFAR, make_imagenet_like
 from tests.workflow.test_workflow import planned_jobs, snakemake
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow,  # the folder is made from ../shared's CIFAR-10 copy (CI has it: never skipped there)
+              pytest.mark.skipif(not CIFAR.exists() and not os.environ.get("CI"), reason="needs ../shared/datasets")]
 
 CLASSES = 1000
 SIZE, EVAL_RESIZE = 32, 36

@@ -70,13 +70,13 @@ def part_rows(n: int, part: int, parts: int) -> slice:
     return slice(part * n // parts, (part + 1) * n // parts)
 
 
-def _part_dataset(spec: DatasetSpec, index: h5py.File, split: str, rows: np.ndarray):
-    labels = index[split]["labels"][()][rows]
+def _part_dataset(spec: DatasetSpec, index: h5py.File, split: str, rows: np.ndarray, loaded):
+    """The part's rows of a split: decoded from the indexed files, or taken from the loaded source."""
     if "files" in index[split]:
         root = Path(spec.root)
         names = index[split]["files"].asstr()[()]
-        return imagefolder_split(spec, split, [root / names[i] for i in rows], labels)
-    return torch.utils.data.Subset(getattr(load_dataset(spec, splits=(split,)), split), rows.tolist())
+        return imagefolder_split(spec, split, [root / names[i] for i in rows], index[split]["labels"][()][rows])
+    return torch.utils.data.Subset(getattr(loaded, split), rows.tolist())
 
 
 def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1, batch_size: int = 64) -> dict:
@@ -88,8 +88,10 @@ def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1
         classes = read_classes(index)
         order = index["train"]["order"][()]
         n_test = len(index["test"]["labels"])
-        sets = {"train": _part_dataset(spec, index, "train", order[part_rows(len(order), part, parts)]),
-                "test": _part_dataset(spec, index, "test", np.arange(n_test)[part_rows(n_test, part, parts)])}
+        # a source that is not an image folder is loaded once, for both splits
+        loaded = None if "files" in index["train"] else load_dataset(spec)
+        sets = {"train": _part_dataset(spec, index, "train", order[part_rows(len(order), part, parts)], loaded),
+                "test": _part_dataset(spec, index, "test", np.arange(n_test)[part_rows(n_test, part, parts)], loaded)}
     empty = [s for s, ds in sets.items() if len(ds) == 0]
     if empty:
         raise D3SError(f"pack: part {part} of {parts} has no {empty[0]} images ({len(order)} train, {n_test} test "

@@ -1,7 +1,8 @@
 """Baselines that need no synthesis, run under the same protocol as D3S.
 
-`random`: IPC real training images per class chosen with a seed (then relabelled and evaluated
-like a distilled set). The `full` upper bound (a student on the whole training set) lives in
+`random`: IPC real training images per class chosen with a seed; `herding` and `kcenter`:
+coresets of the teacher's penultimate features (see `coreset`). Each is then relabelled and
+evaluated like a distilled set. The `full` upper bound (a student on the whole training set) lives in
 `evaluate.run_evaluate_full`. The `sre2l` baseline is an objective of `distill`.
 """
 
@@ -61,18 +62,56 @@ def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[
     return real_images(data, chosen, slots, t0.image_size)
 
 
-def select_real(spec: DatasetSpec, teachers: list[Teacher], ipc: int, seed: int) -> SyntheticSet:
+def initial_coreset_images(path: str, teachers: list[Teacher], slots: list[tuple[int, int]], selection: str) -> torch.Tensor:
+    """Starting pixels for `distill --init herding|kcenter`: that selection's images of the same slots."""
+    from .synthetic import load_synthetic
+
+    s = load_synthetic(path)
+    t0 = teachers[0]
+    if s.method != selection:
+        raise D3SError(f"{path}: holds a '{s.method}' selection, distill --init {selection} needs a '{selection}' one")
+    check_same_classes(t0.classes, t0.path, s.classes, path)
+    if s.images.shape[1] != t0.image_size:
+        raise D3SError(f"{path}: images are {s.images.shape[1]} px, the teacher's input is {t0.image_size} px")
+    row = {(int(i), int(c)): r for r, (i, c) in enumerate(zip(s.ipc_index, s.labels))}
+    missing = [slot for slot in slots if slot not in row]
+    if missing:
+        raise D3SError(f"{path}: has no image for (IPC index, class) {missing[0]} (it holds IPC {s.ipc_range[1]}); "
+                       "select at least the shard's IPC")
+    return torch.from_numpy(s.images[[row[slot] for slot in slots]]).permute(0, 3, 1, 2).contiguous()
+
+
+def select_real(spec: DatasetSpec, teachers: list[Teacher], ipc: int, seed: int, selection: str = "random",
+                device: torch.device | str = "cpu", threads: int = 0) -> SyntheticSet:
+    """IPC real training images per class: seeded uniform picks, or a coreset of the teachers' features."""
+    from .coreset import SELECTIONS, coreset_choice, penultimate_features
+
+    if selection not in SELECTIONS:
+        raise D3SError(f"select-real: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     data = load_dataset(spec, splits=("train",))
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
-    chosen = real_choice(data, ipc, seed)
+    config = {"ipc": ipc, "selection": "uniform per class" if selection == "random" else selection}
+    if selection == "random":
+        chosen = real_choice(data, ipc, seed)
+    else:
+        device = torch.device(device)
+        feats = penultimate_features([t.model.to(device) for t in teachers], data.train_plain, t0.normalizer(device),
+                                     t0.image_size, device, workers=data.loader_workers(threads))
+        try:
+            picks = coreset_choice(feats, data.train.labels, data.num_classes, ipc, selection, data.classes)
+        except D3SError as e:
+            raise D3SError(f"dataset '{spec.name}': {e}") from None
+        chosen = [p.numpy() for p in picks]
+        config["features"] = "teachers' L2-normalised classifier inputs, concatenated"
     order = [(i, c) for i in range(ipc) for c in range(data.num_classes)]  # (IPC index, class), as distill
     images = real_images(data, chosen, order, t0.image_size)
+    source_index = data.train_index if data.train_index is not None else np.arange(len(data.train))
     return SyntheticSet(
         images=images.permute(0, 2, 3, 1).numpy(), labels=np.asarray([c for _, c in order], dtype=np.int64),
-        ipc_index=np.asarray([i for i, _ in order], dtype=np.int64), classes=data.classes, method="random",
+        ipc_index=np.asarray([i for i, _ in order], dtype=np.int64), classes=data.classes, method=selection,
         teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean, norm_std=t0.std, hflip=t0.hflip,
-        config={"ipc": ipc, "selection": "uniform per class"}, seed=seed,
+        config=config, seed=seed,
         inputs={"dataset": spec.to_dict(), "teachers": [t.path for t in teachers],
-                "train_indices": [int(chosen[c][i]) for i, c in order]},
+                "train_indices": [int(source_index[chosen[c][i]]) for i, c in order]},
     )

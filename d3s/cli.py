@@ -136,7 +136,8 @@ def main():
     [pack-index -> pack (per part) -> pack-merge: an image folder packed once into HDF5]
     dataset-info -> train-teacher (or import-teacher) -> extract-stats
       -> distill (per IPC shard) -> merge -> relabel
-      -> evaluate (per student and seed) -> summarize
+      -> evaluate (per student, seed, label mode, sweep variant) -> summarize
+    [select-real: random / herding / kcenter real images; export: other tools' layouts]
 
     Every artifact is an HDF5 file that records its class order, seed, config and code
     version. The Snakemake workflow in this repository chains these commands; run them by
@@ -288,11 +289,13 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min,
 @click.option("--class-end", type=int, default=None, help="one past the last class of this shard (default: all)")
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
 @click.option("--data", default=None, metavar="SPEC", help="dataset spec (as train-teacher's); needed by --init real")
+@click.option("--init-images", type=existing, default=None,
+              help="images artifact of a herding / kcenter selection (select-real); needed by --init herding|kcenter")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
 @_resume_options("distill", 500, "optimisation steps")
 @_runtime_options
-def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, data, out, resume_dir,
+def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, data, init_images, out, resume_dir,
                 checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
 
@@ -316,18 +319,23 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
         "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes,
         "shard": [ipc_start, ipc_end, class_start, class_end],
     }, checkpoint_every, checkpoint_minutes)
-    init_images = None
+    start_pixels = None
+    last = len(loaded[0].classes) if class_end is None else class_end
     if params.init == "real":
         from .baselines import initial_real_images
         from .data import DatasetSpec
 
         if data is None:
             raise D3SError("distill: --init real needs --data (the dataset to take the starting images from)")
-        last = len(loaded[0].classes) if class_end is None else class_end
-        slots = shard_slots(ipc_start, ipc_end, class_start, last)
-        init_images = initial_real_images(DatasetSpec.parse(data), loaded, slots, seed)
+        start_pixels = initial_real_images(DatasetSpec.parse(data), loaded, shard_slots(ipc_start, ipc_end, class_start, last), seed)
+    elif params.init != "noise":
+        from .baselines import initial_coreset_images
+
+        if init_images is None:
+            raise D3SError(f"distill: --init {params.init} needs --init-images (the {params.init} selection's images artifact)")
+        start_pixels = initial_coreset_images(init_images, loaded, shard_slots(ipc_start, ipc_end, class_start, last), params.init)
     result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, params, seed, device,
-                     class_start, class_end, method, checkpoint, init_images)
+                     class_start, class_end, method, checkpoint, start_pixels)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
     checkpoint.clear()
@@ -338,20 +346,25 @@ def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_
 @click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
               help="teacher artifact(s) the set is used with (normalisation and class order)")
 @click.option("--ipc", type=int, required=True, help="real images per class")
-@click.option("--seed", type=int, default=0, help="seed of the choice")
+@click.option("--selection", type=click.Choice(["random", "herding", "kcenter"]), default="random", show_default=True,
+              help="random: uniform per class with --seed; herding: the picks whose feature mean tracks the class "
+                   "mean; kcenter: k-center greedy (farthest first); both on the teachers' penultimate features")
+@click.option("--seed", type=int, default=0, help="seed of the random choice")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_runtime_options
-def select_real_cmd(data, teachers, ipc, seed, out, device, threads):
-    """The 'random' baseline: IPC real training images per class, chosen with a seed.
+def select_real_cmd(data, teachers, ipc, selection, seed, out, device, threads):
+    """Real-image baselines: IPC training images per class, chosen at random or as a coreset.
 
-    Writes the same images artifact as distill/merge, so relabel and evaluate treat it alike.
+    Greedy coresets are nested like the random picks: IPC 10's set extends IPC 1's. Writes the
+    same images artifact as distill/merge, so relabel and evaluate treat it alike.
     """
     from .baselines import select_real
     from .data import DatasetSpec
     from .synthetic import save_synthetic
     from .teacher import load_teachers
 
-    save_synthetic(out, select_real(DatasetSpec.parse(data), load_teachers(list(teachers), "cpu"), ipc, seed))
+    save_synthetic(out, select_real(DatasetSpec.parse(data), load_teachers(list(teachers), device), ipc, seed, selection,
+                                    device, threads))
 
 
 @main.command("merge")
@@ -392,11 +405,13 @@ def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
 @click.option("--student", required=True, help="student architecture (built-in or timm name)")
 @click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
+@click.option("--variant", default="default", show_default=True,
+              help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
 @_resume_options("evaluate", 50, "epochs")
 @_runtime_options
-def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_dir, checkpoint_every, checkpoint_minutes,
+def evaluate_cmd(images, labels, data, student, seed, dataset_name, variant, out, resume_dir, checkpoint_every, checkpoint_minutes,
                  device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
     from .data import DatasetSpec
@@ -405,7 +420,7 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_
 
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
-                 threads, meta={"dataset": dataset_name or spec.name}, resume_dir=resume_dir,
+                 threads, meta={"dataset": dataset_name or spec.name, "variant": variant}, resume_dir=resume_dir,
                  checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
 
 
@@ -416,11 +431,13 @@ def evaluate_cmd(images, labels, data, student, seed, dataset_name, out, resume_
 @click.option("--student", required=True, help="student architecture (built-in or timm name)")
 @click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
 @click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
+@click.option("--variant", default="default", show_default=True,
+              help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)")
 @click.option("--out", required=True, type=output, help="result file to write (.json)")
 @_hparam_options(EvalParams)
 @_resume_options("evaluate_full", 0, "epochs")
 @_runtime_options
-def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, resume_dir, checkpoint_every, checkpoint_minutes,
+def evaluate_full_cmd(data, teachers, student, seed, dataset_name, variant, out, resume_dir, checkpoint_every, checkpoint_minutes,
                       device, threads, **kw):
     """The 'full' upper bound: a student trained on the whole real training set (FULL_EPOCHS epochs).
 
@@ -432,7 +449,7 @@ def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, resume_d
 
     spec = DatasetSpec.parse(data)
     run_evaluate_full(load_teachers(list(teachers), device), spec, student, _take(EvalParams, kw), seed, out, device,
-                      threads, meta={"dataset": dataset_name or spec.name}, resume_dir=resume_dir,
+                      threads, meta={"dataset": dataset_name or spec.name, "variant": variant}, resume_dir=resume_dir,
                       checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
 
 
@@ -440,19 +457,49 @@ def evaluate_full_cmd(data, teachers, student, seed, dataset_name, out, resume_d
 @click.option("--result", "results", required=True, multiple=True, type=existing, help="result JSON; repeat")
 @click.option("--teacher", "teachers", multiple=True, type=existing, help="teacher artifact to list; repeat")
 @click.option("--dataset", required=True, help="dataset name for the table")
+@click.option("--select-by", default=None,
+              help="student whose mean validation top-1 chooses each sweep variant (default: the first, by name)")
 @click.option("--tsv", required=True, type=output, help="table to write (TSV)")
 @click.option("--markdown", required=True, type=output, help="table to write (Markdown)")
-def summarize_cmd(results, teachers, dataset, tsv, markdown):
-    """Mean ± std over seeds per (method, IPC, student), with the teachers' accuracy."""
+@click.option("--sweep", "sweep_tsv", type=output, default=None, help="table of every variant to write (TSV)")
+def summarize_cmd(results, teachers, dataset, select_by, tsv, markdown, sweep_tsv):
+    """Per (method, IPC, label mode, student): the validation-chosen variant's test accuracy, IOR, HLR, LRS.
+
+    Variants of a sweep are chosen per (method, IPC, label mode) on mean validation top-1 only;
+    --sweep lists every variant with its validation and test accuracy.
+    """
     from .summary import summarize, write_tables
 
     try:
-        rows = summarize(list(results), list(teachers), dataset)
-        write_tables(rows, tsv, markdown, list(teachers))
+        rows, sweep_rows = summarize(list(results), list(teachers), dataset, select_by)
+        write_tables(rows, tsv, markdown, list(teachers), sweep_rows, sweep_tsv)
     except D3SError as e:
         raise click.ClickException(str(e)) from None
     click.echo(Path(markdown).read_text())
 
+
+@main.command("export")
+@click.option("--images", required=True, type=existing, help="images artifact (.h5)")
+@click.option("--labels", type=existing, default=None, help="soft-label artifact (.h5); ddranking writes labels.pt from it")
+@click.option("--format", "fmt", type=click.Choice(["folders", "sre2l", "ddranking"]), default="folders",
+              help="folders: <index>_<class>/<ipc>.png; sre2l: new<CCC>/class<CCC>_id<III>.png (SRe2L/CDA); "
+                   "ddranking: images.pt (normalised, class-major), labels.pt, hard_labels.pt for DD-Ranking")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to create (must not exist)")
+def export_cmd(images, labels, fmt, out):
+    """Write a distilled set in a layout other tools read; pixels are exact (PNG, or float tensors).
+
+    Images go class-major (class 0's IPC images, then class 1's), classes in the artifact's order.
+    """
+    from .export import export
+    from .runtime import setup_logging
+    from .synthetic import load_synthetic
+
+    setup_logging()
+    try:
+        path = export(load_synthetic(images), images, fmt, out, labels)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}")
 
 
 @main.command("plot-accuracy")

@@ -59,7 +59,8 @@ class DatasetSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     test_fraction: float = 0.2  # digits only: it ships without a test split
-    split_seed: int = 0
+    split_seed: int = 0  # digits' train/test split, and every source's validation split
+    val_per_class: int = 0  # training images per class held out as the validation split (0: none)
     num_classes: int | None = None  # optional; lets the workflow plan class-block shards; checked against the data
     memory_limit_mb: int = 2048  # hdf5: a split up to this size is loaded into memory, a larger one streamed
     extra: dict[str, Any] = field(default_factory=dict)
@@ -248,6 +249,8 @@ class LoadedDataset:
     streamed: bool = False  # images are read (and decoded) on access rather than held in memory
     train_size: int | None = None  # side of stored training images; None: native_size
     eval_resize: int | None = None  # test images are Resize(eval_resize) -> CenterCrop(native_size); None: resize only
+    val: Dataset | None = None  # held out from the source's training split (val_per_class), seen as test images are
+    train_index: np.ndarray | None = None  # with a validation split: the source's index of each training item
 
     @property
     def train_plain(self) -> Dataset:
@@ -269,17 +272,54 @@ class LoadedDataset:
         return len(self.classes)
 
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # what a source provides; "val" is carved out of "train" (val_per_class)
+
+
+class SubsetDataset(Dataset):
+    """The items of another dataset at `indices` (sorted, so streamed reads stay chunk by chunk)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray):
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+        self.labels = base.labels[torch.from_numpy(self.indices)]
+        self.chunk_rows = getattr(base, "chunk_rows", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+
+def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int, where: str = "dataset") -> np.ndarray:
+    """Sorted indices of `per_class` training items per class, chosen with `seed`: the validation split.
+
+    Drawn from its own stream (not the random baseline's or the teachers'), so changing the
+    split's size changes which images are held out and nothing else's seed.
+    """
+    rng = np.random.default_rng([seed, 50])
+    chosen = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= per_class:
+            raise D3SError(f"{where}: class {c} has {len(idx)} training images; val_per_class {per_class} "
+                           "would leave none to train on")
+        chosen.append(rng.permutation(idx)[:per_class])
+    return np.sort(np.concatenate(chosen))
 
 
 def load_dataset(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
-    """The splits named in `splits` (the others are None: evaluation needs no training set)."""
-    unknown = set(splits) - set(SPLITS)
+    """The splits named in `splits`, of "train", "val", "test" (the others are None: evaluation needs
+    no training set). With `val_per_class`, "train" is the source's training split less the
+    validation images, whichever splits are asked for: no stage trains on them.
+    """
+    unknown = set(splits) - {*SPLITS, "val"}
     if unknown:
         raise ValueError(f"load_dataset: unknown split(s) {sorted(unknown)}")
+    carve = spec.val_per_class > 0 and ("train" in splits or "val" in splits)
+    source_splits = tuple(s for s in SPLITS if s in splits or (s == "train" and carve))
     loader = {"digits": _digits, "hdf5": _hdf5, "torchvision": _torchvision, "imagefolder": _imagefolder}[spec.source]
-    data = loader(spec) if spec.source in ("digits", "torchvision") else loader(spec, splits)
-    data.train, data.test = (getattr(data, s) if s in splits else None for s in SPLITS)
+    data = loader(spec) if spec.source in ("digits", "torchvision") else loader(spec, source_splits)
+    data.train, data.test = (getattr(data, s) if s in source_splits else None for s in SPLITS)
     if spec.num_classes is not None and spec.num_classes != data.num_classes:
         raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
     if spec.image_size and spec.image_size != data.native_size:
@@ -288,6 +328,13 @@ def load_dataset(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedD
                            f"(training images {data.train_size} px), the config asks for {spec.image_size}; pack it again")
         data.train, data.test = (d if d is None else ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test))
         data.native_size = spec.image_size
+    if carve:
+        val = validation_indices(data.train.labels.numpy(), data.num_classes, spec.val_per_class, spec.split_seed,
+                                 f"dataset '{spec.name}'")
+        keep = np.setdiff1d(np.arange(len(data.train)), val)
+        data.val = SubsetDataset(data.train_plain, val) if "val" in splits else None
+        data.train = SubsetDataset(data.train, keep) if "train" in splits else None
+        data.train_index = keep
     return data
 
 

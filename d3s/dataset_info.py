@@ -16,7 +16,7 @@ from .runtime import log
 
 
 def dataset_info(spec: DatasetSpec, threads: int = 0) -> dict:
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("train", "val", "test"))
     if spec.mean is not None and spec.std is not None:
         mean, std, source = list(spec.mean), list(spec.std), "config"
     else:
@@ -25,7 +25,8 @@ def dataset_info(spec: DatasetSpec, threads: int = 0) -> dict:
         source = "computed from the training split"
     return {
         "name": spec.name, "spec": spec.to_dict(), "classes": data.classes, "num_classes": data.num_classes,
-        "n_train": len(data.train), "n_test": len(data.test), "channels": data.channels,
+        "n_train": len(data.train), "n_val": len(data.val) if data.val is not None else 0, "n_test": len(data.test),
+        "channels": data.channels,
         "image_size": data.image_size, "mean": mean, "std": std, "normalisation": source,
         "code_version": code_version(),
     }

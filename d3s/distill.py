@@ -295,7 +295,7 @@ def distill(
     checkpoint: Checkpointer | None = None,
     init_images: torch.Tensor | None = None,
 ) -> SyntheticSet:
-    """Synthesise the shard's images. With `params.init == "real"`, `init_images` (uint8
+    """Synthesise the shard's images. With `params.init` real / herding / kcenter, `init_images` (uint8
     [n, C, H, W], one per (IPC index, class) slot in the shard's IPC-major order) are the start."""
     # -- setup: check the shard, build the objective and the starting pixels
     if not 0 <= ipc_start < ipc_end:
@@ -323,15 +323,15 @@ def distill(
     n = len(labels)
     shard = (ipc_start, ipc_end, class_start, class_end)
     g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
-    if params.init == "real":
+    if params.init in ("real", "herding", "kcenter"):
         if init_images is None or tuple(init_images.shape) != (n, channels, size, size):
             got = "none" if init_images is None else tuple(init_images.shape)
-            raise D3SError(f"distill: init 'real' needs {n} starting images of {channels}x{size}x{size}, got {got}")
+            raise D3SError(f"distill: init '{params.init}' needs {n} starting images of {channels}x{size}x{size}, got {got}")
         init = normalizer.from_uint8(init_images.to(device))
     elif params.init == "noise":
         init = torch.randn(n, channels, size, size, generator=g_init).to(device)
     else:
-        raise D3SError(f"distill: init must be 'noise' or 'real', got {params.init!r}")
+        raise D3SError(f"distill: init must be 'noise', 'real', 'herding' or 'kcenter', got {params.init!r}")
     lo, hi = normalizer.bounds()
     synthesis = Synthesis(teachers, recorders, objective, labels, torch.maximum(torch.minimum(init, hi), lo),
                           params, g_aug, device)

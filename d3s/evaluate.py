@@ -119,7 +119,7 @@ def run_evaluate(
     checkpoint_every: int = 0,
     checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
-    data = load_dataset(spec, splits=("test",))  # a student of distilled images never sees the training set
+    data = load_dataset(spec, splits=("val", "test"))  # a student of distilled images never sees the training set
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
     if data.image_size != synthetic.images.shape[1] or data.channels != synthetic.images.shape[3]:
         raise D3SError(f"{images_path}: images are {synthetic.images.shape[1]} px x {synthetic.images.shape[3]} channels, "
@@ -178,7 +178,7 @@ def run_evaluate_full(
     checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> dict:
     """The upper bound: a student trained on the whole real training set, teacher soft labels online (or hard)."""
-    data = load_dataset(spec)
+    data = load_dataset(spec, splits=("train", "val", "test"))
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     normalizer = t0.normalizer(device)
@@ -219,14 +219,21 @@ def run_evaluate_full(
 
 def _write_result(model, data, normalizer, out, device, threads, meta, *, method, ipc, student, seed, n_images,
                   train_seconds, protocol, inputs) -> dict:
-    """Test a trained student on the real test set and write the result JSON (atomically)."""
-    top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=data.loader_workers(threads))
-    log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%",
-             student, seed, n_images, method, 100 * top1, 100 * top5)
+    """Test a trained student on the validation split (when the dataset has one) and the real test
+    set, and write the result JSON (atomically). Only `val_top1` may choose settings (sweeps)."""
+    workers = data.loader_workers(threads)
+    val_top1 = None
+    if data.val is not None:
+        val_top1, _ = accuracy(model, data.val, normalizer, data.image_size, device, workers=workers)
+    top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=workers)
+    log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%%s",
+             student, seed, n_images, method, 100 * top1, 100 * top5,
+             "" if val_top1 is None else f", validation top-1 {100 * val_top1:.2f}%")
     result = {
         **(meta or {}),
         "method": method, "ipc": ipc, "student": student, "seed": seed,
-        "top1": top1, "top5": top5, "n_images": int(n_images), "n_test": len(data.test),
+        "top1": top1, "top5": top5, "val_top1": val_top1, "n_val": len(data.val) if data.val is not None else 0,
+        "n_images": int(n_images), "n_test": len(data.test),
         "train_seconds": round(train_seconds, 2),
         "protocol": {"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol,
                      **({"eval_resize": data.eval_resize} if data.eval_resize else {})},

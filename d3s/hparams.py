@@ -37,7 +37,7 @@ class DistillParams:
     first_layer_weight: float = hparam(1.0, "d3s: extra weight on the first BatchNorm layer's KL")
     ridge: float = hparam(1e-2, "d3s: ridge added to both covariances, as a fraction of the layer's mean real variance")
     ema_momentum: float = hparam(0.5, "d3s, shards of several minibatches: momentum of each minibatch's stored statistics across its visits (0: latest only)")
-    init: str = hparam("noise", "starting pixels: Gaussian noise, or the real training images the random baseline picks for the same (IPC index, class) slots (needs --data)", ("noise", "real"))
+    init: str = hparam("noise", "starting pixels: Gaussian noise; real: the real training images the random baseline picks for the same (IPC index, class) slots (needs --data); herding / kcenter: that coreset's images of the slots (needs --init-images)", ("noise", "real", "herding", "kcenter"))
     crop_scale_min: float = hparam(0.5, "smallest random-resized-crop area fraction per step")
     crop_scale_max: float = hparam(1.0, "largest random-resized-crop area fraction per step")
     jitter: int = hparam(1, "largest random roll of the images per step, in pixels")

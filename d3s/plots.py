@@ -15,7 +15,9 @@ from .artifacts import atomic_path  # noqa: E402
 from .errors import D3SError  # noqa: E402
 from .synthetic import load_loss_curves, read_header, read_rows  # noqa: E402
 
-METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^")}
+METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^"),
+                "herding": ("herding", "C3", "v"), "kcenter": ("k-center", "C4", "D")}
+LINE_STYLE = {"soft": "-", "hard": ":"}  # hard-label students dotted
 
 
 def _save(fig, out: str) -> None:
@@ -26,24 +28,29 @@ def _save(fig, out: str) -> None:
 
 
 def plot_accuracy(summary_tsv: str, out: str) -> None:
-    """Top-1 (mean +- std over seeds) against IPC, one line per (method, student); `full` as a band."""
+    """Top-1 (mean +- std over seeds) against IPC, one line per (method, student, labels); `full` as a band
+    (soft labels solid, hard dotted; the full-data band of the first label mode)."""
     with open(summary_tsv) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows:
         raise D3SError(f"{summary_tsv}: no rows to plot")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     students = sorted({r["student"] for r in rows})
+    modes = [m for m in LINE_STYLE if any(r.get("labels", "soft") == m for r in rows)]
     for student in students:
-        for method, (label, colour, marker) in METHOD_STYLE.items():
-            pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"]))
-                         for r in rows if r["method"] == method and r["student"] == student and r["ipc"] != "all")
-            if not pts:
-                continue
-            x, y, e = map(np.asarray, zip(*pts))
-            name = label if len(students) == 1 else f"{label} ({student})"
-            ax.errorbar(x, y, yerr=e, label=name, color=colour, marker=marker, capsize=3)
+        for mode in modes:
+            for method, (label, colour, marker) in METHOD_STYLE.items():
+                pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"]))
+                             for r in rows if r["method"] == method and r["student"] == student and r["ipc"] != "all"
+                             and r.get("labels", "soft") == mode)
+                if not pts:
+                    continue
+                x, y, e = map(np.asarray, zip(*pts))
+                name = label if len(students) == 1 else f"{label} ({student})"
+                name += f", {mode} labels" if len(modes) > 1 else ""
+                ax.errorbar(x, y, yerr=e, label=name, color=colour, marker=marker, capsize=3, ls=LINE_STYLE[mode])
         for r in rows:
-            if r["method"] == "full" and r["student"] == student:
+            if r["method"] == "full" and r["student"] == student and r.get("labels", "soft") == modes[0]:
                 m, s = float(r["top1_mean"]), float(r["top1_std"])
                 ax.axhspan(m - s, m + s, color="0.85")
                 ax.axhline(m, color="0.4", ls="--", label="full data" if len(students) == 1 else f"full ({student})")

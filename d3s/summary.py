@@ -1,10 +1,21 @@
-"""Summary: one table of mean +- std over seeds per (dataset, method, IPC, student), plus teachers."""
+"""Summary: per (method, IPC, label mode, student), the validation-chosen variant's test accuracy,
+with DD-Ranking's metrics; and a sweep table of every variant.
+
+Selection: per (method, IPC, label mode), the sweep variant with the best mean validation top-1
+of the selecting student (the first configured one) is chosen, for every student; test accuracy
+never takes part. Metrics (DD-Ranking, Li et al. 2025), in percentage points:
+  IOR = acc(method) - acc(random), same IPC, student and label mode (DD-Ranking's LRS uses soft)
+  HLR = acc(full, hard labels) - acc(method, hard labels)                (lower is better)
+  LRS = 100 (e^a - e^-1) / (e - e^-1),  a = (IOR_soft - HLR) / 2 / 100   (accuracies as fractions,
+        so LRS lies in [0, 100] as its paper defines it; DD-Ranking's code feeds percentages)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -13,9 +24,14 @@ from .artifacts import atomic_path, open_artifact
 from .errors import D3SError
 from .hparams import RelabelParams
 
-METHOD_ORDER = ["d3s", "sre2l", "random", "full"]
-COLUMNS = ["dataset", "method", "ipc", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std", "teacher_top1",
-           "protocol"]
+METHOD_ORDER = ["d3s", "sre2l", "herding", "kcenter", "random", "full"]
+LABEL_ORDER = ["soft", "hard"]
+COLUMNS = ["dataset", "method", "ipc", "labels", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std",
+           "val_top1_mean", "val_top1_std", "ior", "ior_sigmas", "hlr", "lrs", "variant", "variants",
+           "synthesis_image_steps", "label_epochs", "teacher_top1", "protocol"]
+SWEEP_COLUMNS = ["dataset", "method", "ipc", "labels", "student", "variant", "seeds", "val_top1_mean", "val_top1_std",
+                 "top1_mean", "top1_std", "selected"]
+LRS_WEIGHT = 0.5  # DD-Ranking's default lambda between IOR and HLR
 
 
 def protocol_hash(result: dict) -> str:
@@ -33,56 +49,180 @@ def protocol_hash(result: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str) -> list[dict]:
+def label_robust_score(ior: float, hlr: float, weight: float = LRS_WEIGHT) -> float:
+    """DD-Ranking's LRS from IOR and HLR in percentage points, on [0, 100]."""
+    a = (weight * ior - (1 - weight) * hlr) / 100
+    return 100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
+def _read(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise D3SError(f"{path}: unreadable result file ({e})") from None
+
+
+def _label_mode(r: dict) -> str:
+    return r["protocol"].get("label_mode", "soft")
+
+
+def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, list[dict]]:
+    """(method, ipc, labels) -> chosen variant, and one sweep-table row per (method, ipc, labels, student, variant)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["method"], r["ipc"], _label_mode(r), r.get("variant", "default"), r["student"])].append(r)
+    chosen, table = {}, []
+    by_setting: dict[tuple, dict[str, dict[str, list[dict]]]] = defaultdict(lambda: defaultdict(dict))
+    for (method, ipc, labels, variant, student), rs in groups.items():
+        by_setting[(method, ipc, labels)][variant][student] = rs
+    for key, per_variant in by_setting.items():
+        names = sorted(per_variant)
+        students = sorted({s for v in per_variant.values() for s in v})
+        judge = select_by if select_by in students else students[0]
+        if len(names) == 1:
+            chosen[key] = names[0]
+        else:
+            scores = {}
+            for name in names:
+                vals = [r.get("val_top1") for r in per_variant[name].get(judge, [])]
+                if not vals or any(v is None for v in vals):
+                    raise D3SError(f"{key[0]} IPC {key[1]} ({key[2]} labels), variant {name}: no validation accuracy "
+                                   f"from student {judge}; sweeps choose on the validation split (val_per_class)")
+                scores[name] = statistics.fmean(vals)
+            chosen[key] = max(names, key=lambda n: scores[n])  # ties: the first name
+        for name in names:
+            for student in students:
+                rs = per_variant[name].get(student, [])
+                if not rs:
+                    continue
+                val = [100 * r["val_top1"] for r in rs if r.get("val_top1") is not None]
+                v = mean_std(val) if len(val) == len(rs) else ("", "")
+                t = mean_std([100 * r["top1"] for r in rs])
+                table.append({"method": key[0], "ipc": "all" if key[1] is None else key[1], "labels": key[2],
+                              "student": student, "variant": name, "seeds": _seeds(rs),
+                              "val_top1_mean": _round(v[0]), "val_top1_std": _round(v[1]),
+                              "top1_mean": _round(t[0]), "top1_std": _round(t[1]),
+                              "selected": "yes" if name == chosen[key] else "no"})
+    return chosen, table
+
+
+def _round(x):
+    return round(x, 2) if isinstance(x, float) else x
+
+
+def _seeds(rs: list[dict]) -> str:
+    return ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+
+
+def _order(method: str, ipc, labels: str, student: str) -> tuple:
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return (ipc is None, ipc or 0, order.get(method, 99), LABEL_ORDER.index(labels), student)
+
+
+def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str,
+              select_by: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(summary rows of the chosen variants with metrics, sweep rows of every variant)."""
     teacher_acc = []
     for p in teacher_paths:
         with open_artifact(p, "teacher") as f:
             teacher_acc.append(100 * float(f.attrs["test_top1"]))
+    results = [_read(p) for p in result_paths]
+    chosen, sweep_rows = select_variants(results, select_by)
+    variants_tried = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for p in result_paths:
-        try:
-            r = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise D3SError(f"{p}: unreadable result file ({e})") from None
-        groups[(r["method"], r["ipc"], r["student"])].append(r)
-    rows = []
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for (method, ipc, student), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][1] is None, kv[0][1] or 0, order.get(kv[0][0], 99), kv[0][2])
-    ):
-        t1 = _mean_std([100 * r["top1"] for r in rs])
-        t5 = _mean_std([100 * r["top5"] for r in rs])
-        rows.append({
-            "dataset": dataset, "method": method, "ipc": "all" if ipc is None else int(ipc), "student": student,
-            "seeds": ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
+    for r in results:
+        key = (r["method"], r["ipc"], _label_mode(r))
+        variants_tried[key].add(r.get("variant", "default"))
+        if r.get("variant", "default") == chosen[key]:
+            groups[(*key, r["student"])].append(r)
+    rows = {}
+    for (method, ipc, labels, student), rs in sorted(groups.items(), key=lambda kv: _order(*kv[0])):
+        t1 = mean_std([100 * r["top1"] for r in rs])
+        t5 = mean_std([100 * r["top5"] for r in rs])
+        val = [100 * r["val_top1"] for r in rs if r.get("val_top1") is not None]
+        v = mean_std(val) if val and len(val) == len(rs) else ("", "")
+        steps = ""
+        distill = rs[0]["protocol"].get("distill") or {}
+        if method != "full":
+            steps = int(distill.get("iterations", 0)) * int(rs[0]["n_images"]) if "iterations" in distill else 0
+        rows[(method, ipc, labels, student)] = {
+            "dataset": dataset, "method": method, "ipc": "all" if ipc is None else int(ipc), "labels": labels,
+            "student": student, "seeds": _seeds(rs),
             "top1_mean": round(t1[0], 2), "top1_std": round(t1[1], 2),
             "top5_mean": round(t5[0], 2), "top5_std": round(t5[1], 2),
+            "val_top1_mean": _round(v[0]), "val_top1_std": _round(v[1]),
+            "variant": chosen[(method, ipc, labels)], "variants": len(variants_tried[(method, ipc, labels)]),
+            "synthesis_image_steps": steps, "label_epochs": rs[0]["protocol"].get("label_epochs") or "",
             "teacher_top1": round(statistics.fmean(teacher_acc), 2) if teacher_acc else "",
             "protocol": ",".join(sorted({protocol_hash(r) for r in rs})),
-        })
-    return rows
+            "_t1": t1,
+        }
+    _add_metrics(rows)
+    for r in rows.values():
+        del r["_t1"]
+    return list(rows.values()), [{"dataset": dataset, **r} for r in sorted(
+        sweep_rows, key=lambda r: (*_order(r["method"], None if r["ipc"] == "all" else r["ipc"], r["labels"],
+                                           r["student"]), r["variant"]))]
 
 
-def write_tables(rows: list[dict], tsv: str, markdown: str, teacher_paths: list[str]) -> None:
+def _add_metrics(rows: dict) -> None:
+    """IOR (vs random, same labels), HLR (vs full with hard labels) and LRS on every per-IPC row."""
+    for (method, ipc, labels, student), row in rows.items():
+        row.update(ior="", ior_sigmas="", hlr="", lrs="")
+        if method == "full":
+            continue
+        rnd = rows.get(("random", ipc, labels, student))
+        if rnd:
+            (m, s), (rm, rs) = row["_t1"], rnd["_t1"]
+            row["ior"] = round(m - rm, 2)
+            pooled = math.hypot(s, rs)
+            row["ior_sigmas"] = round((m - rm) / pooled, 2) if pooled > 0 and method != "random" else ""
+        full_hard, own_hard = rows.get(("full", None, "hard", student)), rows.get((method, ipc, "hard", student))
+        if full_hard and own_hard:
+            row["hlr"] = round(full_hard["_t1"][0] - own_hard["_t1"][0], 2)
+            soft, rnd_soft = rows.get((method, ipc, "soft", student)), rows.get(("random", ipc, "soft", student))
+            if soft and rnd_soft:
+                ior_soft = soft["_t1"][0] - rnd_soft["_t1"][0]
+                row["lrs"] = round(label_robust_score(ior_soft, full_hard["_t1"][0] - own_hard["_t1"][0]), 2)
+
+
+def _cell(value, std=None) -> str:
+    if value == "":
+        return ""
+    return f"{value:.2f}" if std is None or std == "" else f"{value:.2f} ± {std:.2f}"
+
+
+def write_tables(rows: list[dict], tsv: str, markdown: str, teacher_paths: list[str], sweep_rows: list[dict] | None = None,
+                 sweep_tsv: str | None = None) -> None:
     with atomic_path(tsv) as tmp:
         lines = ["\t".join(COLUMNS)] + ["\t".join(str(r[c]) for c in COLUMNS) for r in rows]
         tmp.write_text("\n".join(lines) + "\n")
-    md = ["| dataset | method | IPC | student | seeds | top-1 (%) | top-5 (%) | protocol |",
-          "|---|---|---|---|---|---|---|---|"]
+    if sweep_tsv is not None:
+        with atomic_path(sweep_tsv) as tmp:
+            lines = ["\t".join(SWEEP_COLUMNS)] + ["\t".join(str(r[c]) for c in SWEEP_COLUMNS) for r in sweep_rows or []]
+            tmp.write_text("\n".join(lines) + "\n")
+    md = ["| dataset | method | IPC | labels | student | seeds | test top-1 (%) | val top-1 (%) | IOR | HLR | LRS | "
+          "variant (of n) | protocol |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['student']} | {r['seeds']} | "
-                  f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r['top5_mean']:.2f} ± {r['top5_std']:.2f} | {r['protocol']} |")
+        ior = _cell(r["ior"]) + (f" ({r['ior_sigmas']:+.1f}σ)" if r["ior_sigmas"] != "" else "")
+        md.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['labels']} | {r['student']} | {r['seeds']} | "
+                  f"{_cell(r['top1_mean'], r['top1_std'])} | {_cell(r['val_top1_mean'], r['val_top1_std'])} | "
+                  f"{ior} | {_cell(r['hlr'])} | {_cell(r['lrs'])} | {r['variant']} ({r['variants']}) | {r['protocol']} |")
     md += ["", "Teachers (test top-1 on the real test set):", ""]
     for p in teacher_paths:
         with open_artifact(p, "teacher") as f:
             md.append(f"- `{p}`: {f.attrs['arch']}, seed {int(f.attrs['seed'])}, {100 * float(f.attrs['test_top1']):.2f}%")
     md.append("")
-    md.append("Final-epoch accuracy, mean ± std over seeds. `protocol` hashes how students were trained and tested "
-              "(rows with the same hash are comparable; `full` trains on other data by design); each result JSON "
-              "records the protocol in full.")
+    md.append("Final-epoch accuracy, mean ± std over seeds. Each row is the sweep variant with the best mean "
+              "validation top-1 (of n tried; sweep.tsv lists them all, their test accuracy never used to choose). "
+              "IOR: top-1 minus random's at the same IPC and labels (σ: over the pooled std of the two); "
+              "HLR: full-data hard-label top-1 minus the method's hard-label top-1; LRS: DD-Ranking's "
+              "label-robust score (0-100) of the soft-label IOR and HLR. `protocol` hashes how students were trained "
+              "and tested (equal hashes are comparable); each result JSON records it in full.")
     with atomic_path(markdown) as tmp:
         tmp.write_text("\n".join(md) + "\n")

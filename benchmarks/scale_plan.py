@@ -542,10 +542,18 @@ def distill_rows(ctx: dict) -> list[dict]:
                             checkpoints_per_h=_ckpt(config, "distill", longest["step_s"], longest["seconds"])),
                  plan_stage("merge_shards", len(per_set), read=len(ctx["synth"]) * sum(config["ipcs"]) * classes,
                             written=sum(per_set), ram_mb=merge_mb())]
-    if "random" in ctx["methods"]:
+    selections = [m for m in ctx["methods"] if m in ("random", "herding", "kcenter")]
+    if selections:
+        # a coreset (herding, kcenter) runs the teachers over the training set for its features
+        coresets = len(selections) - ("random" in selections)
         n = sum(config["ipcs"]) * classes
-        rows.append(plan_stage("select_real", len(config["ipcs"]), read=n, decodes=ctx["dec"] * n,
-                               written=image_bytes(n, side, channels), ram_mb=job_mb(ctx["base_mb"], _data(ctx, 1))))
+        feature_s = ctx["n_train"] * len(ctx["archs"]) / ctx["tp"]["infer_img_s"]
+        reads = len(selections) * n + coresets * len(config["ipcs"]) * ctx["n_train"]
+        rows.append(plan_stage("select_real", len(selections) * len(config["ipcs"]), read=reads,
+                               decodes=ctx["dec"] * reads, written=len(selections) * image_bytes(n, side, channels),
+                               ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, test=True)),
+                               gpu_hours=coresets * len(config["ipcs"]) * feature_s / 3600,
+                               job_hours=(feature_s if coresets else 0) / 3600))
     return rows
 
 
@@ -554,7 +562,7 @@ def label_and_student_rows(ctx: dict) -> list[dict]:
     config, tp, classes, side, channels = ctx["config"], ctx["tp"], ctx["classes"], ctx["side"], ctx["channels"]
     ev, rl, k, n_val = config["evaluate"], config["relabel"], len(ctx["archs"]), ctx["n_val"]
     students, seeds = config["students"], len(config["eval_seeds"])
-    per_job = len(students) * seeds
+    per_job = len(students) * seeds * len(config["labels"])  # a student per label mode (soft, hard)
     student_ckpt = max(3 * 4 * params(s, classes, side, channels) for s in students)  # weights + AdamW moments
     train_rate = tp["train_img_s"][ev["precision"]]
     sets = [ipc * classes for _ in ctx["per_ipc"] for ipc in config["ipcs"]]
@@ -573,7 +581,9 @@ def label_and_student_rows(ctx: dict) -> list[dict]:
             plan_stage("evaluate_student", per_job * len(sets), read=per_job * reads,
                        decodes=per_job * ctx["dec"] * n_val * len(sets), passes=per_job * reads,
                        written=per_job * len(sets) * RESULT_JSON_BYTES,
-                       ram_mb=job_mb(ctx["base_mb"], set_mb, batch_mb(ctx, "evaluate", test=True), _data(ctx, 1)),
+                       # the training split is loaded too when a validation split is carved out of it
+                       ram_mb=job_mb(ctx["base_mb"], set_mb, batch_mb(ctx, "evaluate", test=True),
+                                     _data(ctx, 1 + bool(ctx["entry"].get("val_per_class")))),
                        gpu_hours=per_job * sum(eval_s) / 3600, job_hours=max(eval_s) / 3600, checkpoint_bytes=student_ckpt,
                        checkpoints_per_h=_ckpt(config, "evaluate", max(sets) / train_rate, max(eval_s)))]
 
@@ -584,8 +594,9 @@ def full_rows(ctx: dict) -> list[dict]:
     if "full" not in ctx["methods"]:
         return []
     ev, n_train, n_val = config["evaluate"], ctx["n_train"], ctx["n_val"]
-    jobs = len(config["students"]) * len(config["eval_seeds"])
-    online = len(ctx["archs"]) if ev["label_mode"] == "soft" else 0
+    jobs = len(config["students"]) * len(config["eval_seeds"]) * len(config["labels"])
+    # soft-label students run the teachers online (the slowest of the label modes sizes a job)
+    online = len(ctx["archs"]) if "soft" in config["labels"] else 0
     per_image_s = 1 / tp["train_img_s"][ev["precision"]] + online / tp["infer_img_s"]
     job_s = ev["full_epochs"] * n_train * per_image_s + n_val / tp["infer_img_s"]
     reads = ev["full_epochs"] * n_train + n_val

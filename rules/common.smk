@@ -5,15 +5,25 @@ import json
 import os
 import shlex
 
+import sys
+
 import jsonschema
 import yaml
 from snakemake.utils import validate
+
+sys.path.insert(
+    0, workflow.basedir
+)  # d3s.sweep is torch-free: the workflow plans variants with it
+from d3s import sweep as sweeps
 
 SCHEMA_FILE = os.path.join(workflow.basedir, "config", "schema", "config.schema.yaml")
 # YAML reads `50:` as an int key; JSON Schema checks keys as strings.
 config["distill_by_ipc"] = {
     str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()
 }
+for _entry in (config.get("sweep") or {}).values():
+    if isinstance(_entry, dict) and isinstance(_entry.get("by_ipc"), dict):
+        _entry["by_ipc"] = {str(k): v for k, v in _entry["by_ipc"].items()}
 validate(config, SCHEMA_FILE)
 
 
@@ -31,6 +41,42 @@ def _check_distill_by_ipc():
 
 
 _check_distill_by_ipc()
+
+
+def _check_sweep():
+    """Sweep grids: known methods and sections, values valid for their key, equal budgets."""
+    sweeps.check_sweep(config["sweep"], config["methods"], config["ipcs"])
+    for method, entry in config["sweep"].items():
+        layers = [(f"sweep.{method}", entry)] + [
+            (f"sweep.{method}.by_ipc.{i}", e)
+            for i, e in (entry.get("by_ipc") or {}).items()
+        ]
+        for where, layer in layers:
+            for section, keys in layer.items():
+                if section == "by_ipc":
+                    continue
+                props = SCHEMA["properties"][section]["properties"]
+                for key, values in keys.items():
+                    if key not in props:
+                        raise ValueError(
+                            f"config: {where}.{section}.{key}: not a key of `{section}` ({', '.join(props)})"
+                        )
+                    for value in values:
+                        for error in jsonschema.Draft202012Validator(
+                            props[key]
+                        ).iter_errors(value):
+                            raise ValueError(
+                                f"config: {where}.{section}.{key}: {value!r}: {error.message}"
+                            )
+    sweeps.check_budgets(config["sweep"], config["methods"], config["ipcs"])
+    if any(
+        len(variants(m, i)) > 1 for m in config["methods"] for i in method_ipcs(m)
+    ) and not config["datasets"][DATASET].get("val_per_class"):
+        raise ValueError(
+            f"config: sweep: variants are chosen on a validation split, and datasets.{DATASET}.val_per_class "
+            "is 0; set it (e.g. 10) so the choice never looks at the test set"
+        )
+
 
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
@@ -64,8 +110,14 @@ wildcard_constraints:
     name=r"[^/]+",
     arch=r"[^/]+",
     tseed=r"\d+",
-    method="d3s|sre2l|random",
+    method="d3s|sre2l|random|herding|kcenter",
     synth=r"d3s|sre2l",
+    coreset=r"random|herding|kcenter",
+    labelmode=r"soft|hard",
+    dv=r"[^/]+",
+    rv=r"[^/]+",
+    ev=r"[^/]+",
+    labelset=r"[^/]+",
     ipc=r"\d+",
     start=r"\d+",
     end=r"\d+",
@@ -189,13 +241,69 @@ def options_from(section, settings):
     return " ".join(args)
 
 
-def distill_settings(ipc):
-    """The `distill` section as IPC `ipc` runs it: with its `distill_by_ipc` entry applied."""
-    return {**config["distill"], **config["distill_by_ipc"].get(str(ipc), {})}
+def distill_settings(ipc, dv=sweeps.DEFAULT):
+    """The `distill` section as IPC `ipc` runs it: its `distill_by_ipc` entry applied, then the
+    changes of the sweep variant named `dv`."""
+    return {
+        **config["distill"],
+        **config["distill_by_ipc"].get(str(ipc), {}),
+        **sweeps.parse_part(dv, "distill variant"),
+    }
 
 
 def distill_options(wildcards):
-    return options_from("distill", distill_settings(wildcards.ipc))
+    return options_from("distill", distill_settings(wildcards.ipc, wildcards.dv))
+
+
+def section_options(section, part):
+    """A section's options with the changes of a sweep variant part ('default': none)."""
+    return options_from(
+        section, {**config[section], **sweeps.parse_part(part, f"{section} variant")}
+    )
+
+
+def relabel_options(wildcards):
+    return section_options("relabel", wildcards.rv)
+
+
+def evaluate_options(wildcards):
+    return section_options("evaluate", wildcards.ev)
+
+
+def method_ipcs(method):
+    return [None] if method == "full" else config["ipcs"]
+
+
+def variants(method, ipc):
+    """The sweep variants of a method at an IPC as {section: changes} (one, unchanged, without a sweep)."""
+    base = {
+        "distill": distill_settings(ipc) if ipc is not None else {},
+        "relabel": config["relabel"],
+        "evaluate": config["evaluate"],
+    }
+    return sweeps.variants(config["sweep"], method, ipc, base)
+
+
+def variant_parts(method, ipc):
+    """(distill part, relabel part, evaluate part) path segments of each variant."""
+    return [
+        tuple(
+            sweeps.part_name(v.get(s, {})) for s in ("distill", "relabel", "evaluate")
+        )
+        for v in variants(method, ipc)
+    ]
+
+
+def images_file(method, ipc, dv=sweeps.DEFAULT, dataset=DATASET):
+    return f"results/{dataset}/{method}/ipc{ipc}/{dv}/images.h5"
+
+
+def init_images(wildcards):
+    """distill --init herding|kcenter starts from that coreset's images of the same IPC."""
+    init = distill_settings(wildcards.ipc, wildcards.dv).get("init")
+    if init in ("herding", "kcenter"):
+        return [images_file(init, wildcards.ipc, dataset=wildcards.dataset)]
+    return []
 
 
 def distill_digest(wildcards):
@@ -203,6 +311,7 @@ def distill_digest(wildcards):
     blob = json.dumps(
         [
             distill_options(wildcards),
+            init_images(wildcards),
             config["seed"],
             teacher_ids(),
             cli_options("stats"),
@@ -250,7 +359,8 @@ def stats_files(wildcards):
 
 
 def repeat_option(flag, paths):
-    """['a', 'b'] -> '--flag a --flag b' (click's multiple options)."""
+    """['a', 'b'] -> '--flag a --flag b' (click's multiple options); one path may come as a string."""
+    paths = [paths] if isinstance(paths, str) else paths
     return " ".join(f"{flag} {shlex.quote(str(p))}" for p in paths)
 
 
@@ -269,7 +379,7 @@ def class_blocks():
 
 
 def shard_files(wildcards):
-    ipc_dir = f"results/{wildcards.dataset}/{wildcards.synth}/ipc{wildcards.ipc}"
+    ipc_dir = f"results/{wildcards.dataset}/{wildcards.synth}/ipc{wildcards.ipc}/{wildcards.dv}"
     return [
         f"{ipc_dir}/shards/i{a}-{b}_c{c}.h5"
         for a, b in shard_ranges(int(wildcards.ipc))
@@ -285,30 +395,50 @@ def class_options(wildcards):
 
 
 def eval_files(wildcards):
-    """Every student result: per (method, IPC, student, seed), and per (student, seed) for `full`."""
-    per_ipc = [m for m in config["methods"] if m != "full"]
-    files = [
-        f"results/{wildcards.dataset}/{m}/ipc{i}/eval/{s}-s{seed}.json"
-        for m in per_ipc
-        for i in config["ipcs"]
-        for s in config["students"]
-        for seed in config["eval_seeds"]
-    ]
-    if "full" in config["methods"]:
-        files += [
-            f"results/{wildcards.dataset}/full/eval/{s}-s{seed}.json"
-            for s in config["students"]
-            for seed in config["eval_seeds"]
-        ]
-    return files
+    """Every student result: per (method, IPC, variant, label mode, student, seed), and per
+    (variant, label mode, student, seed) for `full`. Soft-label students sit beside their labels
+    ({dv}/{rv}/{ev}/), hard-label ones need none ({dv}/hard/{ev}/: a relabel change is no change).
+    """
+    root = f"results/{wildcards.dataset}"
+    files = []
+    for m in config["methods"]:
+        for i in method_ipcs(m):
+            for dv, rv, ev in variant_parts(m, i):
+                for mode in config["labels"]:
+                    if m == "full":
+                        folder = f"{root}/full/{mode}/{ev}"
+                    else:
+                        folder = f"{root}/{m}/ipc{i}/{dv}/{rv if mode == 'soft' else 'hard'}/{ev}"
+                    files += [
+                        f"{folder}/{s}-s{seed}.json"
+                        for s in config["students"]
+                        for seed in config["eval_seeds"]
+                    ]
+    return list(dict.fromkeys(files))
+
+
+def soft_labels_file(wildcards):
+    """A soft-label student's labels.h5 (beside its folder); none for a hard-label one."""
+    if wildcards.labelset == "hard":
+        return []
+    return f"results/{wildcards.dataset}/{wildcards.method}/ipc{wildcards.ipc}/{wildcards.dv}/{wildcards.labelset}/labels.h5"
+
+
+def label_mode(wildcards):
+    return "hard" if wildcards.labelset == "hard" else "soft"
+
+
+def shown_images(method, ipc):
+    """The images a plot shows for a method and IPC: its first variant's."""
+    return images_file(method, ipc, variant_parts(method, ipc)[0][0])
 
 
 def synthetic_images(wildcards):
-    """The images artifacts of the synthesising methods (they carry loss curves)."""
+    """The images artifacts of the synthesising methods (they carry loss curves): first variants."""
     return [
-        f"results/{wildcards.dataset}/{m}/ipc{i}/images.h5"
+        shown_images(m, i)
         for m in config["methods"]
-        if m in ("d3s", "sre2l")
+        if m in sweeps.SYNTHESISING
         for i in config["ipcs"]
     ]
 
@@ -317,9 +447,10 @@ def final_outputs():
     outputs = [
         f"{RESULTS}/summary.tsv",
         f"{RESULTS}/summary.md",
+        f"{RESULTS}/sweep.tsv",
         f"{RESULTS}/plots/accuracy.png",
     ]
-    if any(m in ("d3s", "sre2l") for m in config["methods"]):
+    if any(m in sweeps.SYNTHESISING for m in config["methods"]):
         outputs.append(f"{RESULTS}/plots/losses.png")
     outputs += [
         f"{RESULTS}/plots/images_{m}_ipc{i}.png"
@@ -434,6 +565,11 @@ def cpu_batch_mb(batch, side):
     )
 
 
+def val_splits(dataset):
+    """A validation split is carved out of the training split, which the job then loads too."""
+    return 1 if config["datasets"][dataset].get("val_per_class") else 0
+
+
 def student_memory(section, data_splits=0):
     """relabel / evaluate_student: the distilled set, held once uncompressed (+50 %), the test split
     for a student, and on a CPU the activations of the largest batch."""
@@ -443,7 +579,9 @@ def student_memory(section, data_splits=0):
         batch = max(setting(section, "batch_size"), TEST_BATCH if data_splits else 0)
         mb = torch_mb() + 1.5 * set_mb + cpu_batch_mb(batch, side)
         if data_splits:
-            mb += data_mb(wildcards.dataset, data_splits)
+            mb += data_mb(
+                wildcards.dataset, data_splits + val_splits(wildcards.dataset)
+            )
         return int(math.ceil(mb * attempt))
 
     return mem_mb
@@ -463,11 +601,11 @@ def shard_state_mb(wildcards):
 
 def distill_memory(wildcards, input, attempt):
     mb = torch_mb() + 2 * files_mb(input.stats) + shard_state_mb(wildcards)
-    batch = distill_settings(wildcards.ipc).get(
+    batch = distill_settings(wildcards.ipc, wildcards.dv).get(
         "batch_size", setting("distill", "batch_size")
     )
     mb += cpu_batch_mb(batch, dataset_side(wildcards.dataset))
-    if distill_settings(wildcards.ipc).get("init") == "real":
+    if distill_settings(wildcards.ipc, wildcards.dv).get("init") == "real":
         mb += data_mb(wildcards.dataset, 1)
     return int(math.ceil(mb * attempt))
 
@@ -507,3 +645,6 @@ def resume_dir(rule):
         return f"work/ckpt/{rule}/{parts}"
 
     return path
+
+
+_check_sweep()  # last: it plans the variants with the helpers above

@@ -3,12 +3,15 @@ rule distill_shard:
         data=dataset_input,
         teachers=teacher_files,
         stats=stats_files,
+        init=init_images,
     output:
-        temp("results/{dataset}/{synth}/ipc{ipc}/shards/i{start}-{end}_c{classes}.h5"),
+        temp(
+            "results/{dataset}/{synth}/ipc{ipc}/{dv}/shards/i{start}-{end}_c{classes}.h5"
+        ),
     log:
-        "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/i{start}-{end}_c{classes}.log",
+        "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/i{start}-{end}_c{classes}.log",
     benchmark:
-        "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/i{start}-{end}_c{classes}.tsv"
+        "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/i{start}-{end}_c{classes}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -20,13 +23,14 @@ rule distill_shard:
         resume_dir=resume_dir("distill_shard"),
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
+        init=input_option("--init-images", "init"),
         classes=class_options,
         data=dataset_spec,
         opts=distill_options,
         seed=config["seed"],
         device=config["device"],
     shell:
-        "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} --data {params.data:q} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
@@ -45,11 +49,11 @@ rule merge_shards:
     input:
         shard_files,
     output:
-        "results/{dataset}/{synth}/ipc{ipc}/images.h5",
+        "results/{dataset}/{synth}/ipc{ipc}/{dv}/images.h5",
     log:
-        "logs/merge_shards/{dataset}/{synth}/ipc{ipc}.log",
+        "logs/merge_shards/{dataset}/{synth}/ipc{ipc}/{dv}.log",
     benchmark:
-        "logs/bench/merge_shards/{dataset}/{synth}/ipc{ipc}.tsv"
+        "logs/bench/merge_shards/{dataset}/{synth}/ipc{ipc}/{dv}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -72,22 +76,27 @@ rule select_real:
         data=dataset_input,
         teachers=teacher_files,
     output:
-        "results/{dataset}/random/ipc{ipc}/images.h5",
+        "results/{dataset}/{coreset}/ipc{ipc}/default/images.h5",
     log:
-        "logs/select_real/{dataset}/ipc{ipc}.log",
+        "logs/select_real/{dataset}/{coreset}/ipc{ipc}.log",
     benchmark:
-        "logs/bench/select_real/{dataset}/ipc{ipc}.tsv"
+        "logs/bench/select_real/{dataset}/{coreset}/ipc{ipc}.tsv"
     conda:
         "../envs/d3s.yaml"
-    threads: 1
+    threads: 2
     resources:
-        gpu=0,
-        mem_mb=memory(data_splits=1),
-        runtime=30,
+        # herding and k-center run the teachers over the training set (features: fp16 on the host)
+        gpu=lambda wildcards: 0 if wildcards.coreset == "random" else gpu_count(),
+        mem_mb=memory(data_splits=2, test=True),
+        runtime=grow_with_attempt(60),
     params:
         data=dataset_spec,
         teachers=input_option("--teacher", "teachers"),
         seed=config["seed"],
+        device=lambda wildcards: (
+            "cpu" if wildcards.coreset == "random" else config["device"]
+        ),
     shell:
         "d3s select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
-        "--seed {params.seed} --out {output} > {log} 2>&1"
+        "--selection {wildcards.coreset} --seed {params.seed} --device {params.device} --threads {threads} "
+        "--out {output} > {log} 2>&1"

@@ -1,14 +1,15 @@
+# {labelset}: a relabel variant's folder (soft labels, from its labels.h5), or `hard` (no labels).
 rule evaluate_student:
     input:
         data=dataset_input,
-        images="results/{dataset}/{method}/ipc{ipc}/images.h5",
-        labels="results/{dataset}/{method}/ipc{ipc}/labels.h5",
+        images="results/{dataset}/{method}/ipc{ipc}/{dv}/images.h5",
+        labels=soft_labels_file,
     output:
-        "results/{dataset}/{method}/ipc{ipc}/eval/{student}-s{seed}.json",
+        "results/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.json",
     log:
-        "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.log",
+        "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.log",
     benchmark:
-        "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{student}-s{seed}.tsv"
+        "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -20,12 +21,15 @@ rule evaluate_student:
         d3s=d3s_launcher,
         resume_dir=resume_dir("evaluate_student"),
         data=dataset_spec,
-        opts=cli_options("evaluate"),
+        labels=input_option("--labels", "labels"),
+        mode=label_mode,
+        variant=lambda wildcards: f"{wildcards.dv}/{wildcards.labelset}/{wildcards.ev}",
+        opts=evaluate_options,
         device=config["device"],
     shell:
-        "{params.d3s} evaluate --images {input.images} --labels {input.labels} --data {params.data:q} "
+        "{params.d3s} evaluate --images {input.images} {params.labels} --label-mode {params.mode} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
-        "{params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
+        "--variant {params.variant:q} {params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
 
@@ -34,11 +38,11 @@ rule evaluate_full:
         data=dataset_input,
         teachers=teacher_files,
     output:
-        "results/{dataset}/full/eval/{student}-s{seed}.json",
+        "results/{dataset}/full/{labelmode}/{ev}/{student}-s{seed}.json",
     log:
-        "logs/evaluate_full/{dataset}/{student}-s{seed}.log",
+        "logs/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.log",
     benchmark:
-        "logs/bench/evaluate_full/{dataset}/{student}-s{seed}.tsv"
+        "logs/bench/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -51,11 +55,13 @@ rule evaluate_full:
         resume_dir=resume_dir("evaluate_full"),
         data=dataset_spec,
         teachers=input_option("--teacher", "teachers"),
-        opts=cli_options("evaluate"),
+        variant=lambda wildcards: f"{wildcards.labelmode}/{wildcards.ev}",
+        opts=evaluate_options,
         device=config["device"],
     shell:
         "{params.d3s} evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
-        "--seed {wildcards.seed} --dataset-name {wildcards.dataset} {params.opts} "
+        "--label-mode {wildcards.labelmode} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
+        "--variant {params.variant:q} {params.opts} "
         "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
 
@@ -71,6 +77,11 @@ rule summarize:
             category="Results",
         ),
         md="results/{dataset}/summary.md",
+        sweep=report(
+            "results/{dataset}/sweep.tsv",
+            caption="../report/sweep.rst",
+            category="Results",
+        ),
     log:
         "logs/summarize/{dataset}.log",
     benchmark:
@@ -85,9 +96,10 @@ rule summarize:
     params:
         results=input_option("--result", "results"),
         teachers=input_option("--teacher", "teachers"),
+        student=config["students"][0],
     shell:
         "d3s summarize {params.results} {params.teachers} --dataset {wildcards.dataset} "
-        "--tsv {output.tsv} --markdown {output.md} > {log} 2>&1"
+        "--select-by {params.student} --tsv {output.tsv} --markdown {output.md} --sweep {output.sweep} > {log} 2>&1"
 
 
 localrules:

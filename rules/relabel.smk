@@ -1,13 +1,13 @@
 rule relabel:
     input:
-        images="results/{dataset}/{method}/ipc{ipc}/images.h5",
+        images="results/{dataset}/{method}/ipc{ipc}/{dv}/images.h5",
         teachers=teacher_files,
     output:
-        "results/{dataset}/{method}/ipc{ipc}/labels.h5",
+        "results/{dataset}/{method}/ipc{ipc}/{dv}/{rv}/labels.h5",
     log:
-        "logs/relabel/{dataset}/{method}/ipc{ipc}.log",
+        "logs/relabel/{dataset}/{method}/ipc{ipc}/{dv}/{rv}.log",
     benchmark:
-        "logs/bench/relabel/{dataset}/{method}/ipc{ipc}.tsv"
+        "logs/bench/relabel/{dataset}/{method}/ipc{ipc}/{dv}/{rv}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -18,7 +18,7 @@ rule relabel:
     params:
         d3s=d3s_launcher,
         teachers=input_option("--teacher", "teachers"),
-        opts=cli_options("relabel"),
+        opts=relabel_options,
         seed=config["seed"],
         device=config["device"],
     shell:

@@ -50,7 +50,7 @@ rule plot_losses:
 
 rule plot_images:
     input:
-        "results/{dataset}/{method}/ipc{ipc}/images.h5",
+        lambda wildcards: shown_images(wildcards.method, wildcards.ipc),
     output:
         report(
             "results/{dataset}/plots/images_{method}_ipc{ipc}.png",

@@ -63,7 +63,8 @@ def test_job_counts_follow_the_workflow_formulas(preset):
     per_ipc_methods = len([m for m in config["methods"] if m != "full"])
     jobs = {r["stage"]: r["jobs"] for r in p["stages"]}
     assert jobs.get("distill_shard", 0) == sum(per_ipc) * blocks * synth
-    assert jobs["evaluate_student"] == len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"]) * per_ipc_methods
+    assert jobs["evaluate_student"] == (len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"])
+                                        * per_ipc_methods * len(config["labels"]))
     assert jobs["relabel"] == len(config["ipcs"]) * per_ipc_methods
 
 
@@ -130,7 +131,7 @@ def test_evaluate_reads_are_epochs_x_images_x_seeds_and_decodes_only_without_pac
     assert e["jpeg_decodes"] == 0  # packed: only pack_part decodes
     assert row(p, "pack_part")["jpeg_decodes"] == 11_060_223 + 522_500
     full = row(p, "evaluate_full")
-    assert full["jobs"] == len(config["students"]) * seeds
+    assert full["jobs"] == len(config["students"]) * seeds * len(config["labels"])
     assert full["images_read"] == seeds * (ev["full_epochs"] * 11_060_223 + n_val) and full["jpeg_decodes"] == 0
     assert "evaluate_full" not in {r["stage"] for r in plan_of("imagenet21k_p")[1]["stages"]}  # the preset as it is
 
@@ -219,12 +220,14 @@ SMK_CONSTANTS = ("TORCH_MB", "PACK_MIN_CLASSES", "CPU_ACTIVATION_FACTOR", "TEST_
 def _smk_namespace(config: dict) -> dict:
     """The memory helpers of rules/common.smk, executed as they are written there."""
     text = (REPO / "rules" / "common.smk").read_text()
-    ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"],
+    from d3s import sweep as sweeps
+
+    ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"], "sweeps": sweeps,
           "SCHEMA": yaml.safe_load(sp.SCHEMA.read_text()), "DATASET": config.get("dataset")}
     for const in SMK_CONSTANTS:
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
     for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
-               "setting", "images_header", "cpu_batch_mb", "student_memory", "shard_state_mb", "distill_settings",
+               "setting", "images_header", "cpu_batch_mb", "val_splits", "student_memory", "shard_state_mb", "distill_settings",
                "distill_memory"):
         exec(_smk_def(text, fn), ns)
     return ns
@@ -288,7 +291,7 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
     images = _images_file(tmp_path / "images.h5", (ipc * c, side, side, entry.get("channels", 3)))
     assert os.path.getsize(images) < 2**20  # the request follows the header's shape, not the file's size
     step, block = config["ipc_per_shard"], config["classes_per_shard"]
-    shard = SimpleNamespace(dataset=name, ipc=str(ipc), start="0", end=str(min(step, ipc)),
+    shard = SimpleNamespace(dataset=name, ipc=str(ipc), dv="default", start="0", end=str(min(step, ipc)),
                             classes=f"0-{min(block, c)}" if block else "all")
     plain = SimpleNamespace(dataset=name, ipc=str(ipc))
     cases = {"pack_index": (plain, _Input()), "pack_part": (plain, _Input()), "pack_merge": (plain, _Input()),
@@ -320,7 +323,7 @@ def test_cpu_jobs_add_the_activations_of_their_largest_batch():
     gpu_config, gpu = plan_of("tiny_imagenet")
     config, cpu = plan_of("tiny_imagenet", **CPU)
     assert gpu_config["device"] == "auto" and config["device"] == "cpu" and sp.cpu_batch_mb(1, 64, gpu=False) == 3
-    largest = {"dataset_info": 0, "train_teacher": 512, "extract_stats": 256, "distill_shard": 200, "select_real": 0,
+    largest = {"dataset_info": 0, "train_teacher": 512, "extract_stats": 256, "distill_shard": 200, "select_real": 512,
                "relabel": 512, "evaluate_student": 512, "evaluate_full": 512}  # teacher 256, evaluate 256 < 512
     fixed = {"pack_index", "pack_part", "pack_merge", "merge_shards"}
     assert set(largest) | fixed == {r["stage"] for r in cpu["stages"]}
@@ -337,7 +340,9 @@ def test_student_jobs_hold_the_set_uncompressed():
     config, p = plan_of("imagenet1k")
     set_mb = sp.image_bytes(50 * 1000, 224) / 2**20  # IPC 50, 224 px: 7.5 GB
     assert row(p, "relabel")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb)
-    data = sp.data_mb(config["datasets"]["imagenet1k"], 1, sp.packed_bytes(sp.SIZES["imagenet1k"],
+    # the test split, and the training split the validation split (val_per_class) is carved out of
+    assert config["datasets"]["imagenet1k"]["val_per_class"] > 0
+    data = sp.data_mb(config["datasets"]["imagenet1k"], 2, sp.packed_bytes(sp.SIZES["imagenet1k"],
                                                                             config["datasets"]["imagenet1k"]) / 2**20)
     assert row(p, "evaluate_student")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb + data)
 
@@ -462,7 +467,7 @@ def test_gpu_json_sets_the_gpu_hours_in_proportion(tmp_path):
     # the preset's precisions pick the bf16 figures: 2000 iterations x 209,000 images x 100 ms / 256 images
     assert row(one, "distill_shard")["gpu_hours"] == pytest.approx(2000 * 209_000 * 0.1 / 256 / 3600)
     # full_epochs over the training set, each image a bf16 training step and (soft labels) one teacher forward
-    assert config["evaluate"]["label_mode"] == "soft" and len(sp.teacher_archs(config)) == 1
+    assert config["labels"] == ["soft"] and len(sp.teacher_archs(config)) == 1
     full = config["evaluate"]["full_epochs"] * 11_060_223 * (1 / 2000 + 1 / 4000) + 522_500 / 4000
     assert row(one, "evaluate_full")["job_gpu_hours"] == pytest.approx(full / 3600)
     assert row(one, "evaluate_full")["jobs"] == len(config["eval_seeds"]) * len(config["students"])

@@ -22,7 +22,7 @@ from d3s.synthetic import load_synthetic
 from .test_workflow import SNAKEMAKE, REPO, TINY, snakemake
 
 pytestmark = pytest.mark.workflow
-TARGET = "results/digits/d3s/ipc2/images.h5"
+TARGET = "results/digits/d3s/ipc2/default/images.h5"
 
 
 def _config() -> dict:

@@ -47,6 +47,7 @@ def rehearsal_config(data) -> dict:
             {"name": "rn18", "arch": "resnet18", "checkpoint": "resources/rn18.safetensors",
              "class_list": str(data.class_list)}]},
         "methods": ["d3s", "sre2l", "random"],
+        "labels": ["soft"],
         "ipcs": [1],
         "ipc_per_shard": 1,
         "classes_per_shard": 500,
@@ -100,19 +101,20 @@ def test_the_imagenet_shaped_dag_runs_end_to_end_by_config(rehearsal):
     rows = (work / "results/inet/summary.tsv").read_text().splitlines()
     header = rows[0].split("\t")
     table = [dict(zip(header, r.split("\t"))) for r in rows[1:]]
-    assert [(r["method"], r["ipc"]) for r in table] == [("d3s", "1"), ("sre2l", "1"), ("random", "1")]
+    assert [(r["method"], r["ipc"], r["labels"]) for r in table] == [("d3s", "1", "soft"), ("sre2l", "1", "soft"),
+                                                                     ("random", "1", "soft")]
     for method in ("d3s", "sre2l", "random"):
-        with h5py.File(work / f"results/inet/{method}/ipc1/images.h5") as f:
+        with h5py.File(work / f"results/inet/{method}/ipc1/default/images.h5") as f:
             assert f["images"].shape == (CLASSES, SIZE, SIZE, 3)
             assert sorted(f["labels"][()].tolist()) == list(range(CLASSES))
-        with h5py.File(work / f"results/inet/{method}/ipc1/labels.h5") as f:
+        with h5py.File(work / f"results/inet/{method}/ipc1/default/default/labels.h5") as f:
             assert f.attrs["top_k"] == 10
-        result = json.loads((work / f"results/inet/{method}/ipc1/eval/convnet3_w32-s0.json").read_text())
+        result = json.loads((work / f"results/inet/{method}/ipc1/default/default/default/convnet3_w32-s0.json").read_text())
         assert result["n_test"] == CLASSES
         assert result["protocol"]["eval_resize"] == EVAL_RESIZE
     # the class-block shards ran (two blocks of 500 classes per synthesising method) and were temporary
     assert len(list((work / "logs/bench/distill_shard").rglob("*.tsv"))) == 4
-    assert not list(work.glob("results/inet/*/ipc1/shards/*.h5"))
+    assert not list(work.glob("results/inet/*/ipc1/*/shards/*.h5"))
     assert (work / "results/inet/plots/images_d3s_ipc1.png").stat().st_size > 0
 
 

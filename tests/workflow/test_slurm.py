@@ -38,13 +38,13 @@ def slurm_cluster():
 
 def _config(device: str) -> dict:
     config = yaml.safe_load(TINY.read_text())
-    config.update(device=device, methods=["d3s", "random"], ipcs=[1], eval_seeds=[0])
+    config.update(device=device, methods=["d3s", "random"], labels=["soft"], ipcs=[1], eval_seeds=[0])
     return config
 
 
 def _results(workdir: Path) -> dict:
     out = {}
-    for p in sorted((workdir / "results/digits").rglob("eval/*.json")):
+    for p in sorted((workdir / "results/digits").glob("*/ipc*/**/*-s*.json")):
         r = json.loads(p.read_text())
         out[str(p.relative_to(workdir))] = (r["top1"], r["top5"])
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import numpy as np
 
 import pytest
 import yaml
+
+from d3s import sweep
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "workflow" / "config.yaml"
@@ -60,31 +63,88 @@ def finished_run(tmp_path_factory):
     return workdir, config
 
 
+PER_IPC = ("d3s", "sre2l", "herding", "random")  # the summary's method order
+
+
+def _table(path: Path) -> list[dict]:
+    rows = path.read_text().splitlines()
+    header = rows[0].split("\t")
+    return [dict(zip(header, r.split("\t"))) for r in rows[1:]]
+
+
 def test_whole_dag_runs_and_summarises(finished_run):
     workdir, config = finished_run
-    rows = (workdir / "results/digits/summary.tsv").read_text().splitlines()
-    header = rows[0].split("\t")
-    table = [dict(zip(header, r.split("\t"))) for r in rows[1:]]
-    # one row per (method, IPC, student), IPC-major; `full` once per student
-    assert [(r["method"], r["ipc"], r["student"], r["seeds"]) for r in table] == [
-        (m, ipc, "convnet3_w32", "0,1") for ipc in ("1", "2") for m in ("d3s", "sre2l", "random")
-    ] + [("full", "all", "convnet3_w32", "0,1")]
+    table = _table(workdir / "results/digits/summary.tsv")
+    # one row per (method, IPC, label mode, student), IPC-major; `full` once per label mode and student
+    assert [(r["method"], r["ipc"], r["labels"], r["student"], r["seeds"]) for r in table] == [
+        (m, ipc, labels, "convnet3_w32", "0,1") for ipc in ("1", "2") for m in PER_IPC for labels in ("soft", "hard")
+    ] + [("full", "all", labels, "convnet3_w32", "0,1") for labels in ("soft", "hard")]
     assert float(table[0]["teacher_top1"]) > 50
     # shards are temporary; merged sets, labels and per-seed results stay
-    assert not list(workdir.glob("results/digits/*/ipc*/shards/*.h5"))
-    for method in ("d3s", "sre2l", "random"):
+    assert not list(workdir.glob("results/digits/*/ipc*/*/shards/*.h5"))
+    for method in PER_IPC:
         for ipc in (1, 2):
-            assert (workdir / f"results/digits/{method}/ipc{ipc}/images.h5").exists()
-            assert (workdir / f"results/digits/{method}/ipc{ipc}/labels.h5").exists()
+            folder = workdir / f"results/digits/{method}/ipc{ipc}/default"
+            assert (folder / "images.h5").exists() and (folder / "default/labels.h5").exists()
             for seed in (0, 1):
-                r = json.loads((workdir / f"results/digits/{method}/ipc{ipc}/eval/convnet3_w32-s{seed}.json").read_text())
-                assert r["method"] == method and r["protocol"]["epochs"] == config["evaluate"]["epochs"]
-    full = json.loads((workdir / "results/digits/full/eval/convnet3_w32-s0.json").read_text())
-    assert full["n_images"] > 1000 and full["protocol"]["epochs"] == 1
+                soft = json.loads((folder / f"default/default/convnet3_w32-s{seed}.json").read_text())
+                hard = json.loads((folder / f"hard/default/convnet3_w32-s{seed}.json").read_text())
+                assert soft["method"] == hard["method"] == method and soft["protocol"]["epochs"] == config["evaluate"]["epochs"]
+                assert (soft["protocol"]["label_mode"], hard["protocol"]["label_mode"]) == ("soft", "hard")
+                assert hard["protocol"]["label_epochs"] is None  # a hard-label student reads no labels.h5
+                # every student is also tested on the validation split: 5 held-out images per class
+                assert soft["n_val"] == 50 and 0 <= soft["val_top1"] <= 1
+    full = json.loads((workdir / "results/digits/full/hard/default/convnet3_w32-s0.json").read_text())
+    info = json.loads((workdir / "results/digits/dataset.json").read_text())
+    assert info["n_val"] == 50 and info["n_train"] + info["n_val"] + info["n_test"] == 1797
+    assert full["n_images"] == info["n_train"] and full["protocol"]["epochs"] == 1  # the validation split left out
     for rule in STAGES:
         logs = list((workdir / "logs" / rule).rglob("*.log"))
         assert logs, f"no log for {rule}"
     assert not list(workdir.rglob(".*.tmp-*")), "a temporary artifact was left behind"
+
+
+def test_summary_metrics_are_dd_rankings_of_the_rows(finished_run):
+    """IOR, HLR and LRS in summary.tsv are the DD-Ranking formulas applied to the table's own accuracies."""
+    import math
+
+    workdir, _ = finished_run
+    rows = {(r["method"], r["ipc"], r["labels"]): r for r in _table(workdir / "results/digits/summary.tsv")}
+    acc = {k: float(r["top1_mean"]) for k, r in rows.items()}
+    for (method, ipc, labels), r in rows.items():
+        if method == "full":
+            assert r["ior"] == r["hlr"] == r["lrs"] == ""
+            continue
+        assert float(r["ior"]) == pytest.approx(acc[(method, ipc, labels)] - acc[("random", ipc, labels)], abs=0.011)
+        hlr = acc[("full", "all", "hard")] - acc[(method, ipc, "hard")]
+        assert float(r["hlr"]) == pytest.approx(hlr, abs=0.011)
+        a = (0.5 * (acc[(method, ipc, "soft")] - acc[("random", ipc, "soft")]) - 0.5 * hlr) / 100
+        assert float(r["lrs"]) == pytest.approx(100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1)), abs=0.011)
+        steps = int(r["synthesis_image_steps"])
+        assert steps == (20 * 10 * int(ipc) if method in ("d3s", "sre2l") else 0)  # iterations x images
+    sweep = _table(workdir / "results/digits/sweep.tsv")
+    assert len(sweep) == len(rows) and all(r["selected"] == "yes" for r in sweep)  # no sweep: one variant each
+
+
+def test_coresets_are_nested_and_come_from_the_training_split(finished_run):
+    """herding picks greedily, so IPC 2's picks extend IPC 1's (as random's do); no pick is a validation image."""
+    import h5py
+
+    from d3s.data import DatasetSpec, load_dataset
+
+    workdir, config = finished_run
+    spec = DatasetSpec.from_dict({"name": "digits", **config["datasets"]["digits"]})
+    data = load_dataset(spec, splits=("train", "val"))
+    held_out = set(data.val.indices.tolist())
+    for method in ("herding", "random"):
+        picks = {}
+        for ipc in (1, 2):
+            with h5py.File(workdir / f"results/digits/{method}/ipc{ipc}/default/images.h5") as f:
+                inputs = json.loads(f.attrs["inputs"])
+                assert json.loads(f.attrs["config"])["selection"] in (method, "uniform per class")
+                picks[ipc] = inputs["train_indices"]
+        assert picks[2][:10] == picks[1], method  # slots (0, c) first, IPC-major
+        assert not held_out & set(picks[2]), method
 
 
 def test_nothing_reruns_when_nothing_changed(finished_run):
@@ -96,7 +156,7 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     workdir, config = finished_run
     changed = {**config, "evaluate": {**config["evaluate"], "lr": 0.01}}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"evaluate_student": 12, "evaluate_full": 2, "summarize": 1, "plot_accuracy": 1, "all": 1}
+    assert jobs == {"evaluate_student": 32, "evaluate_full": 4, "summarize": 1, "plot_accuracy": 1, "all": 1}
 
 
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
@@ -104,9 +164,9 @@ def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     changed = {**config, "distill": {**config["distill"], "iterations": 21}}
     jobs = planned_jobs(workdir, changed)
     assert "train_teacher" not in jobs and "extract_stats" not in jobs
-    # d3s and sre2l shards rerun; the random baseline and its labels do not depend on distillation
+    # d3s and sre2l shards rerun; the real-image baselines and their labels do not depend on distillation
     assert jobs["distill_shard"] == 6 and jobs["merge_shards"] == 4 and jobs["relabel"] == 4
-    assert jobs["evaluate_student"] == 8 and "select_real" not in jobs and "evaluate_full" not in jobs
+    assert jobs["evaluate_student"] == 16 and "select_real" not in jobs and "evaluate_full" not in jobs
 
 
 def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
@@ -115,7 +175,7 @@ def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
     proc = snakemake(workdir, "-n", "-p", config=changed)
     out = proc.stdout + proc.stderr
     # IPC 2 runs as two shards of one IPC each, for d3s and sre2l; IPC 1 is untouched
-    assert planned_jobs_from(out) == {"distill_shard": 4, "merge_shards": 2, "relabel": 2, "evaluate_student": 4,
+    assert planned_jobs_from(out) == {"distill_shard": 4, "merge_shards": 2, "relabel": 2, "evaluate_student": 8,
                                       "summarize": 1, "plot_accuracy": 1, "plot_losses": 1, "plot_images": 2, "all": 1}
     commands = [line for line in out.splitlines() if "d3s distill" in line]
     assert len(commands) == 4
@@ -129,7 +189,8 @@ def test_changing_relabel_keeps_distilled_images(finished_run):
     workdir, config = finished_run
     changed = {**config, "relabel": {"epochs": 31}}
     jobs = planned_jobs(workdir, changed)
-    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 6
+    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 8
+    assert jobs["evaluate_student"] == 16  # the soft-label students only: a hard-label one reads no labels
 
 
 def test_changing_the_teacher_reruns_everything(finished_run):
@@ -149,6 +210,14 @@ def test_changing_the_teacher_reruns_everything(finished_run):
         ({"distill_by_ipc": {2: {"lr": "fast"}}}, "config: distill_by_ipc.2.lr: 'fast' is not of type 'number'"),
         ({"distill_by_ipc": {2: {"iterationz": 5}}}, "distill_by_ipc.2: Additional properties are not allowed"),
         ({"distill_by_ipc": {"two": {"lr": 0.1}}}, "'two' does not match"),
+        ({"sweep": {"random": {"distill": {"lr": [0.1]}}}}, "sweep.random.distill: random has no 'distill' settings"),
+        ({"sweep": {"d3s": {"distill": {"lrr": [0.1]}}}}, "sweep.d3s.distill.lrr: not a key of `distill`"),
+        ({"sweep": {"d3s": {"distill": {"lr": ["fast"]}}}}, "sweep.d3s.distill.lr: 'fast': 'fast' is not of type"),
+        ({"sweep": {"d3s": {"distill": {"lr": 0.1}}}}, "0.1 is not of type 'array'"),
+        ({"sweep": {"d3s": {"distill": {"lr": [0.1, 0.2]}}}}, "at IPC 1 the methods have different budgets (d3s 2"),
+        ({"sweep": {"d3s": {"by_ipc": {5: {"distill": {"lr": [0.1]}}}}}}, "sweep.d3s.by_ipc.5: IPC 5 is not in"),
+        ({"datasets": {"digits": {"source": "digits"}}, "methods": ["d3s"], "sweep": {"d3s": {"distill": {"lr": [0.1, 0.2]}}}},
+         "val_per_class is 0; set it"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(tmp_path, patch, message):
@@ -211,11 +280,21 @@ def test_every_preset_plans_its_dag(tmp_path, preset):
     per_ipc = [-(-ipc // config["ipc_per_shard"]) for ipc in config["ipcs"]]
     blocks = -(-n_classes // config["classes_per_shard"]) if config.get("classes_per_shard") else 1
     methods = config.get("methods", ["d3s"])
-    synthesising = len([m for m in methods if m in ("d3s", "sre2l")])
-    per_ipc_methods = len([m for m in methods if m != "full"])
-    assert jobs["distill_shard"] == sum(per_ipc) * blocks * synthesising
-    assert jobs["evaluate_student"] == (len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"])
-                                        * per_ipc_methods)
+    grid = config.get("sweep", {})
+
+    def points(method, ipc, sections):  # grid points over these sections (the others shared)
+        return math.prod(len(v) for (section, _), v in sweep.method_grid(grid, method, ipc).items()
+                         if section in sections)
+
+    synthesising = [m for m in methods if m in ("d3s", "sre2l")]
+    assert jobs["distill_shard"] == blocks * sum(n * points(m, ipc, ("distill",)) for m in synthesising
+                                                 for n, ipc in zip(per_ipc, config["ipcs"]))
+    per_student = len(config["students"]) * len(config["eval_seeds"])
+    modes = config.get("labels", ["soft", "hard"])
+    expected = sum(points(m, ipc, ("distill", "relabel", "evaluate")) * ("soft" in modes)
+                   + points(m, ipc, ("distill", "evaluate")) * ("hard" in modes)
+                   for m in methods if m != "full" for ipc in config["ipcs"])
+    assert jobs["evaluate_student"] == expected * per_student
     if preset.stem == "imagenet21k":
         assert jobs["distill_shard"] == 220 and seconds < 30
 
@@ -236,10 +315,10 @@ def test_a_new_dataset_by_config_only_runs_the_whole_dag(tmp_path):
     config["dataset"] = "my_images"
     config["datasets"] = {"my_images": {"source": "imagefolder", "root": "my_images", "image_size": 8}}
     config["teacher"] = {"epochs": 5, "batch_size": 12}
-    config["methods"] = ["d3s"]
+    config["methods"], config["labels"] = ["d3s"], ["soft"]
     snakemake(tmp_path, config=config)
     rows = (tmp_path / "results/my_images/summary.tsv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].split("\t")[:3] == ["my_images", "d3s", "1"]
+    assert [r.split("\t")[:4] for r in rows[1:]] == [["my_images", "d3s", ipc, "soft"] for ipc in ("1", "2")]
     info = json.loads((tmp_path / "results/my_images/dataset.json").read_text())
     assert info["classes"] == ["class_0", "class_1", "class_2"] and info["n_train"] == 36 and info["channels"] == 3
 
@@ -247,7 +326,7 @@ def test_a_new_dataset_by_config_only_runs_the_whole_dag(tmp_path):
 def test_plots_and_report(finished_run, tmp_path):
     workdir, config = finished_run
     plots = workdir / "results/digits/plots"
-    expected = {"accuracy.png", "losses.png"} | {f"images_{m}_ipc{i}.png" for m in ("d3s", "sre2l", "random") for i in (1, 2)}
+    expected = {"accuracy.png", "losses.png"} | {f"images_{m}_ipc{i}.png" for m in PER_IPC for i in (1, 2)}
     assert expected <= {p.name for p in plots.iterdir()}
     for name in expected:
         assert (plots / name).stat().st_size > 5000, name  # a real figure, not an empty file

@@ -49,11 +49,13 @@ def kcenter_order(features: torch.Tensor, k: int) -> torch.Tensor:
     f = features.double()
     first = int((f - f.mean(0)).square().sum(1).argmin())
     nearest = (f - f[first]).square().sum(1)  # squared distance to the nearest picked row
+    nearest[first] = -1.0  # a picked row is never picked again (duplicate features tie at 0)
     order = [first]
     for _ in range(k - 1):
         i = int(nearest.argmax())
         order.append(i)
         nearest = torch.minimum(nearest, (f - f[i]).square().sum(1))
+        nearest[order] = -1.0
     return torch.tensor(order, dtype=torch.long)
 
 
@@ -77,20 +79,22 @@ def penultimate_features(models: list[nn.Module], dataset, normalizer: Normalize
              for m in models]
     for m in models:
         m.eval()
-    out = torch.empty(0)
+    out = None  # allocated once its width is known: n x dims x 2 bytes is the job's one large buffer
     try:
-        rows = []
         loader = evaluation_loader(dataset, batch_size, workers, device, ranks())
+        start = 0
         for step, (x, _) in enumerate(loader):
             x = prepare_input(resize(normalizer.from_uint8(to_device(x, device)), image_size))
             captured.clear()
             for m in models:
                 m(x)
-            feats = [nn.functional.normalize(c.float(), dim=1) for c in captured]
-            rows.append(torch.cat(feats, 1).half().cpu())
+            feats = torch.cat([nn.functional.normalize(c.float(), dim=1) for c in captured], 1).half().cpu()
+            if out is None:
+                out = torch.empty(len(dataset), feats.shape[1], dtype=torch.float16)
+            out[start:start + len(feats)] = feats
+            start += len(feats)
             if (step + 1) % max(1, len(loader) // 10) == 0:
                 log.info("features: %d/%d batches", step + 1, len(loader))
-        out = torch.cat(rows)
     finally:
         for h in hooks:
             h.remove()

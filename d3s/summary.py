@@ -3,7 +3,8 @@ with DD-Ranking's metrics; and a sweep table of every variant.
 
 Selection: per (method, IPC, label mode), the sweep variant with the best mean validation top-1
 of the selecting student (the first configured one) is chosen, for every student; test accuracy
-never takes part. Metrics (DD-Ranking, Li et al. 2025), in percentage points:
+never takes part. Soft labels choose the distilled set; the hard-label row keeps that set and
+chooses only among its student settings, so a method's HLR and LRS describe one set. Metrics (DD-Ranking, Li et al. 2025), in percentage points:
   IOR = acc(method) - acc(random), same IPC, student and label mode (DD-Ranking's LRS uses soft)
   HLR = acc(full, hard labels) - acc(method, hard labels)                (lower is better)
   LRS = 100 (e^a - e^-1) / (e - e^-1),  a = (IOR_soft - HLR) / 2 / 100   (accuracies as fractions,
@@ -70,6 +71,11 @@ def _label_mode(r: dict) -> str:
     return r["protocol"].get("label_mode", "soft")
 
 
+def distilled_set(variant: str) -> str:
+    """The distill part of a variant name ('{dv}/{rv or hard}/{ev}'): which images it trains on."""
+    return variant.split("/", 1)[0]
+
+
 def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, list[dict]]:
     """(method, ipc, labels) -> chosen variant, and one sweep-table row per (method, ipc, labels, student, variant)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -79,10 +85,18 @@ def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, l
     by_setting: dict[tuple, dict[str, dict[str, list[dict]]]] = defaultdict(lambda: defaultdict(dict))
     for (method, ipc, labels, variant, student), rs in groups.items():
         by_setting[(method, ipc, labels)][variant][student] = rs
-    for key, per_variant in by_setting.items():
+    # soft first: a method's hard-label row then uses the distilled set its soft-label row chose
+    # (HLR and LRS describe one set), choosing only the hard student's own settings
+    for key, per_variant in sorted(by_setting.items(), key=lambda kv: LABEL_ORDER.index(kv[0][2])):
         names = sorted(per_variant)
+        soft_choice = chosen.get((key[0], key[1], "soft"))
+        if key[2] == "hard" and soft_choice and key[0] != "full":
+            names = [n for n in names if distilled_set(n) == distilled_set(soft_choice)] or names
         students = sorted({s for v in per_variant.values() for s in v})
-        judge = select_by if select_by in students else students[0]
+        if select_by is not None and select_by not in students:
+            raise D3SError(f"{key[0]} IPC {key[1]} ({key[2]} labels): no results of the selecting student "
+                           f"{select_by} (students: {', '.join(students)})")
+        judge = select_by or students[0]
         if len(names) == 1:
             chosen[key] = names[0]
         else:
@@ -94,7 +108,7 @@ def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, l
                                    f"from student {judge}; sweeps choose on the validation split (val_per_class)")
                 scores[name] = statistics.fmean(vals)
             chosen[key] = max(names, key=lambda n: scores[n])  # ties: the first name
-        for name in names:
+        for name in sorted(per_variant):
             for student in students:
                 rs = per_variant[name].get(student, [])
                 if not rs:

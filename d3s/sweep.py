@@ -91,6 +91,8 @@ def check_sweep(sweep: dict, methods: list[str], ipcs: list[int]) -> None:
             raise ValueError(f"config: sweep.{method}: not a method ({', '.join(SECTIONS)})")
         if method not in methods:
             raise ValueError(f"config: sweep.{method}: the method is not in `methods` ({', '.join(methods)})")
+        if method == "full" and entry.get("by_ipc"):
+            raise ValueError("config: sweep.full.by_ipc: the full-data student has no IPC")
         layers = [(f"sweep.{method}", entry)] + [(f"sweep.{method}.by_ipc.{i}", e)
                                                 for i, e in (entry.get("by_ipc") or {}).items()]
         for where, layer in layers:
@@ -108,20 +110,24 @@ def check_sweep(sweep: dict, methods: list[str], ipcs: list[int]) -> None:
                 raise ValueError(f"config: sweep.{method}.by_ipc.{ipc}: IPC {ipc} is not in `ipcs` {ipcs}")
 
 
-def budget(sweep: dict, method: str, ipc: int) -> int:
-    """Grid points of a method at an IPC: the number of variants it is granted."""
+def budget(sweep: dict, method: str, ipc: int, labels: str = "soft") -> int:
+    """Grid points of a method at an IPC: the number of variants it is granted. A hard-label
+    student reads no soft labels, so for it variants that differ only in `relabel` are one."""
     count = 1
-    for values in method_grid(sweep, method, ipc).values():
-        count *= len(values)
+    for (section, _), values in method_grid(sweep, method, ipc).items():
+        if labels == "soft" or section != "relabel":
+            count *= len(values)
     return count
 
 
-def check_budgets(sweep: dict, methods: list[str], ipcs: list[int]) -> None:
-    """Every method distilling or selecting at an IPC gets the same number of grid points there."""
+def check_budgets(sweep: dict, methods: list[str], ipcs: list[int], labels: tuple[str, ...] = ("soft",)) -> None:
+    """Every method distilling or selecting at an IPC gets the same number of variants there, per label mode."""
     per_ipc = [m for m in methods if m != "full"]
     for ipc in ipcs:
-        counts = {m: budget(sweep, m, ipc) for m in per_ipc}
-        if len(set(counts.values())) > 1:
-            listed = ", ".join(f"{m} {n}" for m, n in counts.items())
-            raise ValueError(f"config: sweep: at IPC {ipc} the methods have different budgets ({listed} variants); "
-                             "give every method a grid of the same size, so none is tuned more than another")
+        for mode in labels:
+            counts = {m: budget(sweep, m, ipc, mode) for m in per_ipc}
+            if len(set(counts.values())) > 1:
+                listed = ", ".join(f"{m} {n}" for m, n in counts.items())
+                raise ValueError(f"config: sweep: at IPC {ipc} the methods have different budgets ({listed} variants"
+                                 f"{' for hard-label students, which ignore relabel settings' if mode == 'hard' else ''}); "
+                                 "give every method a grid of the same size, so none is tuned more than another")

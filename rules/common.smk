@@ -68,7 +68,9 @@ def _check_sweep():
                             raise ValueError(
                                 f"config: {where}.{section}.{key}: {value!r}: {error.message}"
                             )
-    sweeps.check_budgets(config["sweep"], config["methods"], config["ipcs"])
+    sweeps.check_budgets(
+        config["sweep"], config["methods"], config["ipcs"], tuple(config["labels"])
+    )
     if any(
         len(variants(m, i)) > 1 for m in config["methods"] for i in method_ipcs(m)
     ) and not config["datasets"][DATASET].get("val_per_class"):
@@ -131,6 +133,7 @@ wildcard_constraints:
 PACK_MIN_CLASSES = 100  # `pack` unset: an image folder this large is packed (its listing and decodes dominate)
 PACK_DIR = config["prepare"]["dir"]
 # What a packed file has already applied (the pixels); the rest travels with the packed spec.
+# (split_seed is not one: it seeds the validation split, carved out when a stage loads the data)
 PIXEL_KEYS = {
     "source",
     "root",
@@ -145,7 +148,6 @@ PIXEL_KEYS = {
     "image_size",
     "eval_resize",
     "test_fraction",
-    "split_seed",
 }
 
 
@@ -607,6 +609,8 @@ def distill_memory(wildcards, input, attempt):
     mb += cpu_batch_mb(batch, dataset_side(wildcards.dataset))
     if distill_settings(wildcards.ipc, wildcards.dv).get("init") == "real":
         mb += data_mb(wildcards.dataset, 1)
+    for path in getattr(input, "init", []):  # a coreset start is read whole (uncompressed) from its set
+        mb += images_header(path)[0]
     return int(math.ceil(mb * attempt))
 
 

@@ -187,3 +187,31 @@ def test_summary_metrics_from_results(tmp_path):
     assert by[("d3s", "soft")]["ior_sigmas"] == pytest.approx(10 / math.hypot(np.std([59, 61], ddof=1),
                                                                                np.std([49, 51], ddof=1)), abs=0.01)
     assert by[("full", "hard")]["ior"] == "" and by[("random", "soft")]["ior"] == 0.0
+
+
+def test_kcenter_never_repeats_a_pick_among_duplicates():
+    f = torch.zeros(5, 3, dtype=torch.float64)  # every distance 0: argmax would return a picked row
+    assert sorted(kcenter_order(f, 5).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_hard_label_rows_keep_the_set_the_soft_labels_chose():
+    """HLR and LRS describe one distilled set: the hard-label choice is among the soft choice's set."""
+    results = []
+    for seed in (0, 1):
+        results += [_result("d3s", 1, "a/default/default", "net", seed, 0.6, 0.5),  # soft: set a wins
+                    _result("d3s", 1, "b/default/default", "net", seed, 0.5, 0.5),
+                    _result("d3s", 1, "a/hard/default", "net", seed, 0.2, 0.2, "hard"),
+                    _result("d3s", 1, "a/hard/lr=0.01", "net", seed, 0.3, 0.2, "hard"),
+                    _result("d3s", 1, "b/hard/default", "net", seed, 0.9, 0.9, "hard")]  # best, other set
+    chosen, table = select_variants(results, "net")
+    assert chosen[("d3s", 1, "soft")] == "a/default/default" and chosen[("d3s", 1, "hard")] == "a/hard/lr=0.01"
+    assert len(table) == 5  # every variant stays in the sweep table
+    with pytest.raises(D3SError, match="no results of the selecting student other"):
+        select_variants(results, "other")
+
+
+def test_hard_label_budgets_ignore_relabel_grids():
+    config = {"d3s": {"distill": {"lr": [0.1, 0.25]}}, "random": {"relabel": {"epochs": [100, 300]}}}
+    sweep.check_budgets(config, ["d3s", "random"], [1], ("soft",))
+    with pytest.raises(ValueError, match=r"\(d3s 2, random 1 variants for hard-label students"):
+        sweep.check_budgets(config, ["d3s", "random"], [1], ("soft", "hard"))

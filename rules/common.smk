@@ -609,7 +609,8 @@ def distill_memory(wildcards, input, attempt):
     mb += cpu_batch_mb(batch, dataset_side(wildcards.dataset))
     if distill_settings(wildcards.ipc, wildcards.dv).get("init") == "real":
         mb += data_mb(wildcards.dataset, 1)
-    for path in getattr(input, "init", []):  # a coreset start is read whole (uncompressed) from its set
+    # A coreset start is read whole (uncompressed) from its set.
+    for path in getattr(input, "init", []):
         mb += images_header(path)[0]
     return int(math.ceil(mb * attempt))
 

@@ -517,30 +517,45 @@ def plot_accuracy_cmd(summary, out):
 
 @main.command("plot-losses")
 @click.option("--images", "images", required=True, multiple=True, type=existing, help="images artifact; repeat")
+@click.option("--summary", type=existing, default=None,
+              help="summary.tsv: of several distilled sets per method and IPC, draw the one it reports")
 @click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
-def plot_losses_cmd(images, out):
-    """Distillation loss curves stored in the images artifacts."""
+def plot_losses_cmd(images, summary, out):
+    """Distillation loss curves stored in the images artifacts (one set per method and IPC)."""
     from .plots import plot_losses
+    from .summary import reported_sets
 
     try:
-        plot_losses(list(images), out)
+        drawn = reported_sets(list(images), summary)
+        plot_losses(drawn, out)
     except D3SError as e:
         raise click.ClickException(str(e)) from None
+    for path in drawn:
+        click.echo(f"drew the loss curves of {path}")
 
 
 @main.command("plot-images")
-@click.option("--images", required=True, type=existing, help="images artifact (.h5)")
+@click.option("--images", required=True, multiple=True, type=existing,
+              help="images artifact (.h5); repeat for the sweep variants of one method and IPC")
+@click.option("--summary", type=existing, default=None,
+              help="summary.tsv: of several distilled sets, draw the one it reports")
 @click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
 @click.option("--max-classes", type=int, default=20, help="rows to show")
 @click.option("--max-ipc", type=int, default=10, help="columns to show")
-def plot_images_cmd(images, out, max_classes, max_ipc):
+def plot_images_cmd(images, summary, out, max_classes, max_ipc):
     """A grid of the distilled images: one row per class, one column per IPC index."""
     from .plots import plot_images
+    from .summary import reported_sets
 
     try:
-        plot_images(images, out, max_classes, max_ipc)
+        drawn = reported_sets(list(images), summary)
+        if len(drawn) != 1:
+            raise D3SError(f"plot-images draws one method and IPC; the images given are {len(drawn)}: "
+                           + ", ".join(drawn))
+        plot_images(drawn[0], out, max_classes, max_ipc)
     except D3SError as e:
         raise click.ClickException(str(e)) from None
+    click.echo(f"drew {drawn[0]}")
 
 
 if __name__ == "__main__":

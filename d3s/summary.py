@@ -13,6 +13,7 @@ chooses only among its student settings, so a method's HLR and LRS describe one 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -74,6 +75,49 @@ def _label_mode(r: dict) -> str:
 def distilled_set(variant: str) -> str:
     """The distill part of a variant name ('{dv}/{rv or hard}/{ev}'): which images it trains on."""
     return variant.split("/", 1)[0]
+
+
+def set_of(images_path: str) -> tuple[str, str, str]:
+    """(method, IPC, distill variant) of an images artifact from its workflow path
+    `.../{method}/ipc{N}/{dv}/images.h5`."""
+    parts = Path(images_path).parts
+    if len(parts) < 4 or not parts[-3].startswith("ipc"):
+        raise D3SError(f"{images_path}: not a workflow images path (.../METHOD/ipcN/VARIANT/images.h5)")
+    return parts[-4], parts[-3][3:], parts[-2]
+
+
+def reported_sets(images_paths: list[str], summary_tsv: str | None) -> list[str]:
+    """The images artifacts the summary reports, one per (method, IPC): the distilled set of the row's
+    chosen variant (a soft-label row first: a hard-label row uses the set its soft row chose). Without
+    a summary every (method, IPC) must have one set (a path outside the workflow layout is drawn as given)."""
+    by_set: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for path in images_paths:
+        try:
+            method, ipc, dv = set_of(path)
+        except D3SError:
+            if summary_tsv is not None:
+                raise
+            method, ipc, dv = path, "", path  # a set outside the workflow's layout is its own group
+        by_set[(method, ipc)][dv] = path
+    chosen: dict[tuple[str, str], str] = {}
+    if summary_tsv is not None:
+        with open(summary_tsv) as f:
+            rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: LABEL_ORDER.index(r.get("labels", "soft")))
+        for r in rows:
+            chosen.setdefault((r["method"], str(r["ipc"])), distilled_set(r["variant"]))
+    out = []
+    for key, sets in by_set.items():
+        if key in chosen:
+            if chosen[key] not in sets:
+                raise D3SError(f"{summary_tsv}: {key[0]} IPC {key[1]} reports distilled set {chosen[key]!r}, "
+                               f"not among the images given ({', '.join(sorted(sets))})")
+            out.append(sets[chosen[key]])
+        elif len(sets) == 1:
+            out.append(next(iter(sets.values())))
+        else:
+            raise D3SError(f"{key[0]} IPC {key[1]}: {len(sets)} distilled sets ({', '.join(sorted(sets))}) and "
+                           f"no summary row to choose one" + ("" if summary_tsv else "; pass the summary.tsv"))
+    return out
 
 
 def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, list[dict]]:

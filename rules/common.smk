@@ -430,19 +430,47 @@ def label_mode(wildcards):
     return "hard" if wildcards.labelset == "hard" else "soft"
 
 
-def shown_images(method, ipc):
-    """The images a plot shows for a method and IPC: its first variant's."""
-    return images_file(method, ipc, variant_parts(method, ipc)[0][0])
+def distilled_sets(method, ipc):
+    """Every distilled set of a method at an IPC: one per distill variant of its sweep."""
+    return list(
+        dict.fromkeys(
+            images_file(method, ipc, dv) for dv, _, _ in variant_parts(method, ipc)
+        )
+    )
+
+
+def with_summary(sets, dataset, swept):
+    """A plot's input: the sets, and the summary that says which set is reported when a
+    distillation setting is swept (the plots then show what the table reports)."""
+    return {
+        "images": sets,
+        **({"summary": f"results/{dataset}/summary.tsv"} if swept else {}),
+    }
+
+
+def shown_images(wildcards):
+    """The images a grid may show for a method and IPC (it draws the reported one)."""
+    sets = distilled_sets(wildcards.method, wildcards.ipc)
+    return with_summary(sets, wildcards.dataset, len(sets) > 1)
 
 
 def synthetic_images(wildcards):
-    """The images artifacts of the synthesising methods (they carry loss curves): first variants."""
-    return [
-        shown_images(m, i)
+    """The images artifacts of the synthesising methods (they carry loss curves), every variant."""
+    per_ipc = [
+        distilled_sets(m, i)
         for m in config["methods"]
         if m in sweeps.SYNTHESISING
         for i in config["ipcs"]
     ]
+    return with_summary(
+        [p for sets in per_ipc for p in sets],
+        wildcards.dataset,
+        any(len(sets) > 1 for sets in per_ipc),
+    )
+
+
+def summary_option(wildcards, input):
+    return f"--summary {input.summary}" if "summary" in input.keys() else ""
 
 
 def final_outputs():
@@ -519,7 +547,8 @@ def memory(base=None, data_splits=0, batch=None, test=False, **per_input):
             mb += data_mb(wildcards.dataset, data_splits)
         mb += sum(factor * files_mb(input[name]) for name, factor in per_input.items())
         largest = max(
-            setting(batch, "batch_size") if batch else 0, TEST_BATCH if test else 0
+            setting(batch, "batch_size", wildcards) if batch else 0,
+            TEST_BATCH if test else 0,
         )
         mb += cpu_batch_mb(largest, dataset_side(wildcards.dataset))
         return int(math.ceil(mb * attempt))
@@ -539,8 +568,23 @@ CPU_ACTIVATION_FACTOR = 64
 TEST_BATCH = 512  # training.accuracy's batch: the test pass of every student job
 
 
-def setting(section, key):
-    return config.get(section, {}).get(
+# The wildcard naming a job's sweep variant of a section (distill's is dv, read by distill_settings).
+VARIANT_WILDCARD = {"relabel": "rv", "evaluate": "ev"}
+
+
+def setting(section, key, wildcards=None):
+    """A section's setting as a job runs it: the config's (or the schema default), changed by the
+    job's sweep variant when `wildcards` name one (a swept batch_size sizes its own jobs).
+    """
+    values = config.get(section, {})
+    part = (
+        getattr(wildcards, VARIANT_WILDCARD.get(section, ""), None)
+        if wildcards
+        else None
+    )
+    if part:
+        values = {**values, **sweeps.parse_part(part, f"{section} variant")}
+    return values.get(
         key, SCHEMA["properties"][section]["properties"][key].get("default")
     )
 
@@ -578,7 +622,9 @@ def student_memory(section, data_splits=0):
 
     def mem_mb(wildcards, input, attempt):
         set_mb, side = images_header(input.images)
-        batch = max(setting(section, "batch_size"), TEST_BATCH if data_splits else 0)
+        batch = max(
+            setting(section, "batch_size", wildcards), TEST_BATCH if data_splits else 0
+        )
         mb = torch_mb() + 1.5 * set_mb + cpu_batch_mb(batch, side)
         if data_splits:
             mb += data_mb(

@@ -24,7 +24,7 @@ rule plot_accuracy:
 
 rule plot_losses:
     input:
-        synthetic_images,
+        unpack(synthetic_images),
     output:
         report(
             "results/{dataset}/plots/losses.png",
@@ -43,14 +43,15 @@ rule plot_losses:
         mem_mb=2000,
         runtime=10,
     params:
-        images=input_option("--images"),
+        images=input_option("--images", "images"),
+        summary=summary_option,
     shell:
-        "d3s plot-losses {params.images} --out {output} > {log} 2>&1"
+        "d3s plot-losses {params.images} {params.summary} --out {output} > {log} 2>&1"
 
 
 rule plot_images:
     input:
-        lambda wildcards: shown_images(wildcards.method, wildcards.ipc),
+        unpack(shown_images),
     output:
         report(
             "results/{dataset}/plots/images_{method}_ipc{ipc}.png",
@@ -69,8 +70,11 @@ rule plot_images:
         gpu=0,
         mem_mb=2000,
         runtime=10,
+    params:
+        images=input_option("--images", "images"),
+        summary=summary_option,
     shell:
-        "d3s plot-images --images {input} --out {output} > {log} 2>&1"
+        "d3s plot-images {params.images} {params.summary} --out {output} > {log} 2>&1"
 
 
 localrules:

@@ -14,7 +14,7 @@ from d3s import sweep
 from d3s.coreset import coreset_choice, herding_order, kcenter_order
 from d3s.data import DatasetSpec, load_dataset, validation_indices
 from d3s.errors import D3SError
-from d3s.summary import label_robust_score, select_variants, summarize
+from d3s.summary import label_robust_score, reported_sets, select_variants, summarize, write_tables
 
 DIGITS = {"source": "digits", "hflip": False}
 
@@ -215,3 +215,31 @@ def test_hard_label_budgets_ignore_relabel_grids():
     sweep.check_budgets(config, ["d3s", "random"], [1], ("soft",))
     with pytest.raises(ValueError, match=r"\(d3s 2, random 1 variants for hard-label students"):
         sweep.check_budgets(config, ["d3s", "random"], [1], ("soft", "hard"))
+
+
+def test_plots_draw_the_sets_the_summary_reports(tmp_path):
+    """Of several distilled sets per method and IPC, a plot draws the one the summary reports: the
+    soft-label row's set, chosen on validation (set b here, though a is better on test)."""
+    results = []
+    for seed in (0, 1):
+        results += [_result("d3s", 1, "a/default/default", "net", seed, 0.4, 0.9),
+                    _result("d3s", 1, "b/default/default", "net", seed, 0.6, 0.5),
+                    _result("d3s", 1, "a/hard/default", "net", seed, 0.9, 0.9, "hard"),
+                    _result("d3s", 1, "b/hard/default", "net", seed, 0.1, 0.1, "hard"),
+                    _result("random", 1, "default/default/default", "net", seed, 0.3, 0.3)]
+    files = []
+    for i, r in enumerate(results):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(r))
+    rows, sweep_rows = summarize([str(p) for p in files], [], "toy")
+    tsv = tmp_path / "summary.tsv"
+    write_tables(rows, str(tsv), str(tmp_path / "summary.md"), [], sweep_rows)
+    root = "results/toy"
+    sets = [f"{root}/d3s/ipc1/a/images.h5", f"{root}/d3s/ipc1/b/images.h5", f"{root}/random/ipc1/default/images.h5"]
+    assert reported_sets(sets, str(tsv)) == [sets[1], sets[2]]
+    with pytest.raises(D3SError, match="reports distilled set 'b'"):
+        reported_sets(sets[:1], str(tsv))
+    with pytest.raises(D3SError, match="2 distilled sets"):
+        reported_sets(sets, None)
+    # one set per method and IPC, or a file outside the workflow's layout: drawn as given
+    assert reported_sets([sets[2], str(tmp_path / "mine.h5")], None) == [sets[2], str(tmp_path / "mine.h5")]

@@ -214,7 +214,7 @@ def _smk_def(text: str, name: str) -> str:
     return m.group(0)
 
 
-SMK_CONSTANTS = ("TORCH_MB", "PACK_MIN_CLASSES", "CPU_ACTIVATION_FACTOR", "TEST_BATCH")
+SMK_CONSTANTS = ("TORCH_MB", "PACK_MIN_CLASSES", "CPU_ACTIVATION_FACTOR", "TEST_BATCH")  # scale_plan mirrors these
 
 
 def _smk_namespace(config: dict) -> dict:
@@ -224,7 +224,7 @@ def _smk_namespace(config: dict) -> dict:
 
     ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"], "sweeps": sweeps,
           "SCHEMA": yaml.safe_load(sp.SCHEMA.read_text()), "DATASET": config.get("dataset")}
-    for const in SMK_CONSTANTS:
+    for const in (*SMK_CONSTANTS, "VARIANT_WILDCARD"):
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
     for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
                "setting", "images_header", "cpu_batch_mb", "val_splits", "student_memory", "shard_state_mb", "distill_settings",

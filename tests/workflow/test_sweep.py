@@ -8,6 +8,7 @@ import h5py
 import pytest
 import yaml
 
+from .test_scale_rehearsal import job_requests
 from .test_workflow import TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -74,6 +75,10 @@ def test_the_summary_reports_the_variant_best_on_validation(swept):
             picked = next(r for r in chosen if r["student"] == student)
             assert row["variant"] == best["variant"] and row["variants"] == "2"
             assert row["top1_mean"] == picked["top1_mean"] and row["val_top1_mean"] == picked["val_top1_mean"]
+    # the grid and the loss curves show the distilled set the table reports, not the first variant's
+    shown = f"results/digits/d3s/ipc1/{summary[('d3s', 'convnet3_w32')]['variant'].split('/')[0]}/images.h5"
+    assert f"drew {shown}" in (workdir / "logs/plot_images/digits/d3s_ipc1.log").read_text()
+    assert f"drew the loss curves of {shown}" in (workdir / "logs/plot_losses/digits.log").read_text()
 
 
 def test_adding_a_variant_runs_only_its_jobs(swept):
@@ -85,3 +90,29 @@ def test_adding_a_variant_runs_only_its_jobs(swept):
     # one new distilled set (+ its labels, students), one new label file (+ students), two new kcenter students
     assert jobs["distill_shard"] == 1 and jobs["merge_shards"] == 1 and jobs["relabel"] == 2
     assert jobs["evaluate_student"] == 3 * 2 and "select_real" not in jobs and "train_teacher" not in jobs
+
+
+def test_a_swept_batch_size_sizes_its_own_jobs(swept):
+    """A job's memory request follows its variant's batch_size, not the configured one (on a CPU the
+    batch's activations are host memory)."""
+    workdir, config = swept
+    big, small = 4096, 64
+    changed = {**config, "sweep": {**config["sweep"], "kcenter": {"evaluate": {"batch_size": [small, big]}},
+                                   "random": {"relabel": {"batch_size": [small, big]}}}}
+    asked = job_requests(snakemake(workdir, "-n", config=changed).stdout)
+
+    def request(rule, variant):
+        # a variant is a folder of the benchmark path (evaluate_student) or its file name (relabel)
+        hits = [mb for bench, mb in asked.items()
+                if bench.startswith(f"logs/bench/{rule}/") and f"/{variant}/" in bench.replace(".tsv", "/")]
+        assert len(hits) >= 1, (rule, variant, sorted(asked))
+        return max(hits)
+
+    with h5py.File(workdir / "results/digits/kcenter/ipc1/default/images.h5") as f:
+        side = f["images"].shape[1]
+    per_image_mb = side * side * 3 * 4 * 64 / 2**20  # CPU_ACTIVATION_FACTOR x an fp32 image
+    # evaluate's test pass batches 512 images whatever the training batch; relabel has none
+    assert request("evaluate_student", f"batch_size={big}") - request("evaluate_student", f"batch_size={small}") \
+        >= int((big - 512) * per_image_mb)
+    assert request("relabel", f"batch_size={big}") - request("relabel", f"batch_size={small}") \
+        >= int((big - small) * per_image_mb)

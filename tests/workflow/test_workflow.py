@@ -63,7 +63,7 @@ def finished_run(tmp_path_factory):
     return workdir, config
 
 
-PER_IPC = ("d3s", "sre2l", "herding", "random")  # the summary's method order
+PER_IPC = ("d3s", "herding", "random")  # the summary's method order
 
 
 def _table(path: Path) -> list[dict]:
@@ -156,7 +156,7 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     workdir, config = finished_run
     changed = {**config, "evaluate": {**config["evaluate"], "lr": 0.01}}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"evaluate_student": 32, "evaluate_full": 4, "summarize": 1, "plot_accuracy": 1, "all": 1}
+    assert jobs == {"evaluate_student": 24, "evaluate_full": 4, "summarize": 1, "plot_accuracy": 1, "all": 1}
 
 
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
@@ -164,9 +164,9 @@ def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     changed = {**config, "distill": {**config["distill"], "iterations": 21}}
     jobs = planned_jobs(workdir, changed)
     assert "train_teacher" not in jobs and "extract_stats" not in jobs
-    # d3s and sre2l shards rerun; the real-image baselines and their labels do not depend on distillation
-    assert jobs["distill_shard"] == 6 and jobs["merge_shards"] == 4 and jobs["relabel"] == 4
-    assert jobs["evaluate_student"] == 16 and "select_real" not in jobs and "evaluate_full" not in jobs
+    # d3s's shards rerun; the real-image baselines and their labels do not depend on distillation
+    assert jobs["distill_shard"] == 3 and jobs["merge_shards"] == 2 and jobs["relabel"] == 2
+    assert jobs["evaluate_student"] == 8 and "select_real" not in jobs and "evaluate_full" not in jobs
 
 
 def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
@@ -174,11 +174,11 @@ def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
     changed = {**config, "distill_by_ipc": {2: {"iterations": 21, "lr": 0.05}}}
     proc = snakemake(workdir, "-n", "-p", config=changed)
     out = proc.stdout + proc.stderr
-    # IPC 2 runs as two shards of one IPC each, for d3s and sre2l; IPC 1 is untouched
-    assert planned_jobs_from(out) == {"distill_shard": 4, "merge_shards": 2, "relabel": 2, "evaluate_student": 8,
-                                      "summarize": 1, "plot_accuracy": 1, "plot_losses": 1, "plot_images": 2, "all": 1}
+    # IPC 2 runs as two shards of one IPC each; IPC 1 is untouched
+    assert planned_jobs_from(out) == {"distill_shard": 2, "merge_shards": 1, "relabel": 1, "evaluate_student": 4,
+                                      "summarize": 1, "plot_accuracy": 1, "plot_losses": 1, "plot_images": 1, "all": 1}
     commands = [line for line in out.splitlines() if "d3s distill" in line]
-    assert len(commands) == 4
+    assert len(commands) == 2
     assert all("--iterations 21" in c and "--lr 0.05" in c and "/ipc2/" in c for c in commands)
     # an entry that repeats the section's own values changes nothing
     same = {**config, "distill_by_ipc": {1: {"iterations": config["distill"]["iterations"]}}}
@@ -189,8 +189,8 @@ def test_changing_relabel_keeps_distilled_images(finished_run):
     workdir, config = finished_run
     changed = {**config, "relabel": {"epochs": 31}}
     jobs = planned_jobs(workdir, changed)
-    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 8
-    assert jobs["evaluate_student"] == 16  # the soft-label students only: a hard-label one reads no labels
+    assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 6
+    assert jobs["evaluate_student"] == 12  # the soft-label students only: a hard-label one reads no labels
 
 
 def test_changing_the_teacher_reruns_everything(finished_run):

@@ -89,7 +89,8 @@ def set_of(images_path: str) -> tuple[str, str, str]:
 def reported_sets(images_paths: list[str], summary_tsv: str | None) -> list[str]:
     """The images artifacts the summary reports, one per (method, IPC): the distilled set of the row's
     chosen variant (a soft-label row first: a hard-label row uses the set its soft row chose). Without
-    a summary every (method, IPC) must have one set (a path outside the workflow layout is drawn as given)."""
+    a summary every (method, IPC) must have one set (a path outside the workflow layout is drawn as
+    given; with a summary such a path is an error)."""
     by_set: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for path in images_paths:
         try:

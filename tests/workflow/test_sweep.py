@@ -101,10 +101,10 @@ def test_a_swept_batch_size_sizes_its_own_jobs(swept):
                                    "random": {"relabel": {"batch_size": [small, big]}}}}
     asked = job_requests(snakemake(workdir, "-n", config=changed).stdout)
 
-    def request(rule, variant):
+    def request(rule, method, variant):
         # a variant is a folder of the benchmark path (evaluate_student) or its file name (relabel)
         hits = [mb for bench, mb in asked.items()
-                if bench.startswith(f"logs/bench/{rule}/") and f"/{variant}/" in bench.replace(".tsv", "/")]
+                if bench.startswith(f"logs/bench/{rule}/digits/{method}/") and f"/{variant}/" in bench.replace(".tsv", "/")]
         assert len(hits) >= 1, (rule, variant, sorted(asked))
         return max(hits)
 
@@ -112,7 +112,8 @@ def test_a_swept_batch_size_sizes_its_own_jobs(swept):
         side = f["images"].shape[1]
     per_image_mb = side * side * 3 * 4 * 64 / 2**20  # CPU_ACTIVATION_FACTOR x an fp32 image
     # evaluate's test pass batches 512 images whatever the training batch; relabel has none
-    assert request("evaluate_student", f"batch_size={big}") - request("evaluate_student", f"batch_size={small}") \
-        >= int((big - 512) * per_image_mb)
-    assert request("relabel", f"batch_size={big}") - request("relabel", f"batch_size={small}") \
+    # kcenter's students sweep the evaluate batch (their ev folder); random's labels the relabel one (rv)
+    assert request("evaluate_student", "kcenter", f"batch_size={big}") \
+        - request("evaluate_student", "kcenter", f"batch_size={small}") >= int((big - 512) * per_image_mb)
+    assert request("relabel", "random", f"batch_size={big}") - request("relabel", "random", f"batch_size={small}") \
         >= int((big - small) * per_image_mb)

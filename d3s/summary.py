@@ -103,9 +103,14 @@ def reported_sets(images_paths: list[str], summary_tsv: str | None) -> list[str]
     chosen: dict[tuple[str, str], str] = {}
     if summary_tsv is not None:
         with open(summary_tsv) as f:
-            rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: LABEL_ORDER.index(r.get("labels", "soft")))
-        for r in rows:
-            chosen.setdefault((r["method"], str(r["ipc"])), distilled_set(r["variant"]))
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        try:
+            rows.sort(key=lambda r: LABEL_ORDER.index(r.get("labels", "soft")))
+            for r in rows:
+                chosen.setdefault((r["method"], str(r["ipc"])), distilled_set(r["variant"]))
+        except (KeyError, ValueError, AttributeError) as e:
+            raise D3SError(f"{summary_tsv}: not a d3s summary table (columns method, ipc, labels "
+                           f"{'/'.join(LABEL_ORDER)}, variant expected; {type(e).__name__}: {e})") from None
     out = []
     for key, sets in by_set.items():
         if key in chosen:

@@ -241,5 +241,9 @@ def test_plots_draw_the_sets_the_summary_reports(tmp_path):
         reported_sets(sets[:1], str(tsv))
     with pytest.raises(D3SError, match="2 distilled sets"):
         reported_sets(sets, None)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("method\tipc\nd3s\t1\n")
+    with pytest.raises(D3SError, match="not a d3s summary table"):
+        reported_sets(sets, str(bad))
     # one set per method and IPC, or a file outside the workflow's layout: drawn as given
     assert reported_sets([sets[2], str(tmp_path / "mine.h5")], None) == [sets[2], str(tmp_path / "mine.h5")]

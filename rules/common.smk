@@ -539,7 +539,8 @@ def data_mb(dataset, splits):
 def memory(base=None, data_splits=0, batch=None, test=False, **per_input):
     """mem_mb = (base + dataset splits held + factor x size of each named input + on a CPU the
     activations of the largest batch: `batch` names the config section whose batch_size the job
-    trains or infers with, as the job's sweep variant sets it; `test` adds the test pass) x attempt."""
+    trains or infers with, as the job's sweep variant sets it; `test` adds the test pass) x attempt.
+    """
 
     def mem_mb(wildcards, input, attempt):
         mb = torch_mb() if base is None else base

@@ -257,11 +257,14 @@ def distill_options(wildcards):
     return options_from("distill", distill_settings(wildcards.ipc, wildcards.dv))
 
 
+def section_settings(section, part=sweeps.DEFAULT):
+    """A section as a job of sweep variant part `part` runs it ('default': as configured)."""
+    return {**config.get(section, {}), **sweeps.parse_part(part, f"{section} variant")}
+
+
 def section_options(section, part):
     """A section's options with the changes of a sweep variant part ('default': none)."""
-    return options_from(
-        section, {**config[section], **sweeps.parse_part(part, f"{section} variant")}
-    )
+    return options_from(section, section_settings(section, part))
 
 
 def relabel_options(wildcards):
@@ -577,15 +580,12 @@ def setting(section, key, wildcards=None):
     """A section's setting as a job runs it: the config's (or the schema default), changed by the
     job's sweep variant when `wildcards` name one (a swept batch_size sizes its own jobs).
     """
-    values = config.get(section, {})
     part = (
         getattr(wildcards, VARIANT_WILDCARD.get(section, ""), None)
         if wildcards
         else None
     )
-    if part:
-        values = {**values, **sweeps.parse_part(part, f"{section} variant")}
-    return values.get(
+    return section_settings(section, part or sweeps.DEFAULT).get(
         key, SCHEMA["properties"][section]["properties"][key].get("default")
     )
 

@@ -227,7 +227,7 @@ def _smk_namespace(config: dict) -> dict:
     for const in (*SMK_CONSTANTS, "VARIANT_WILDCARD"):
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
     for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
-               "setting", "images_header", "cpu_batch_mb", "val_splits", "student_memory", "shard_state_mb", "distill_settings",
+               "section_settings", "setting", "images_header", "cpu_batch_mb", "val_splits", "student_memory", "shard_state_mb", "distill_settings",
                "distill_memory"):
         exec(_smk_def(text, fn), ns)
     return ns

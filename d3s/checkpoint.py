@@ -6,8 +6,13 @@ inputs, class order, seed and code version. A stage restarted with the same fing
 continues from the checkpoint; with a different one it logs why and starts over. The
 directory is removed once the final artifact is written.
 
-SLURM sends SIGTERM (or a chosen signal such as SIGUSR1) before a time limit or preemption:
-the stage then saves a checkpoint at its next safe point (the end of the current distillation
+A stop request is SIGTERM (what SLURM sends at a time limit or preemption, KillWait seconds
+before SIGKILL), SIGUSR1, or SIGURG: the warning the cluster profile asks SLURM for ahead of
+the time limit (`--signal=URG@<seconds>`). SLURM delivers that warning to every process of
+the job's steps: under the executor plugin that is the job's own `python -m snakemake`, its
+shell and torchrun as well as d3s. SIGURG is ignored by default, so those stay alive and wait,
+while SIGUSR1 would kill them (its default action) and the step with them, d3s mid-checkpoint.
+The stage then saves a checkpoint at its next safe point (the end of the current distillation
 step, or of the current epoch of a training loop) and exits with code 75 (EX_TEMPFAIL), so
 that Snakemake's --retries or a SLURM requeue runs it again and it resumes. Under torchrun
 every rank stops after the same epoch and torchrun exits 1 (Snakemake retries either).
@@ -36,7 +41,10 @@ class Preempted(Exception):
     """Raised after a checkpoint was saved because a stop signal arrived."""
 
 
-def install_stop_handlers(signals=(signal.SIGTERM, signal.SIGUSR1)) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
+
+
+def install_stop_handlers(signals=STOP_SIGNALS) -> None:
     """Remember a stop request instead of dying mid-step; the loops check `stop_requested` at
     their safe points (each distillation step; each epoch end of the training loops)."""
     first_at: list[float] = []
@@ -65,6 +73,7 @@ def stop_requested() -> bool:
 
 
 DEFAULT_MINUTES = 15.0
+STOP_FILE = "stopped.json"  # which signal stopped the run that saved the checkpoint beside it
 
 
 class Checkpointer:
@@ -110,8 +119,17 @@ class Checkpointer:
             self.clear()
             return None
         state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
-        log.info("resuming from %s at step %d", self.dir, state["step"])
+        log.info("resuming from %s at step %d%s", self.dir, state["step"], self._stop_note(state["step"]))
         return state
+
+    def _stop_note(self, step: int) -> str:
+        """Why the previous run stopped, when it stopped on a signal at this checkpoint (the log
+        of a retried job is overwritten, so the resumed run says it)."""
+        try:
+            stop = json.loads((self.dir / STOP_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return ""
+        return f" (the previous run stopped on {stop['signal']})" if stop.get("step") == step else ""
 
     def save(self, state: dict[str, Any]) -> None:
         self._last = self._clock()
@@ -130,10 +148,12 @@ class Checkpointer:
         from .distributed import barrier
 
         self.save(state)
+        name = signal.Signals(_stop_signal[0]).name if _stop_signal else "a signal on another rank"
+        if self.enabled and _rank() == 0:
+            (self.dir / STOP_FILE).write_text(json.dumps({"signal": name, "step": state["step"]}))
         barrier()  # ranks that exit early would make torchrun kill rank 0 mid-write
         where = f"checkpoint in {self.dir}" if self.enabled else "no --resume-dir, so nothing was kept"
-        signum = _stop_signal[0] if _stop_signal else "on another rank"
-        raise Preempted(f"stopped by signal {signum} after step {state['step']}; {where}")
+        raise Preempted(f"stopped by {name} after step {state['step']}; {where}")
 
     def clear(self) -> None:
         if self.enabled and self.dir.exists() and _rank() == 0:

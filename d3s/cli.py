@@ -106,7 +106,7 @@ def _resume_options(stage: str, every: int, unit: str):
                           help="with --resume-dir: also save a checkpoint every M minutes of wall time (0: never by time)")(fn)
         fn = click.option("--checkpoint-every", type=click.IntRange(min=0), default=every, show_default=True,
                           envvar=f"D3S_{stage.upper()}_CHECKPOINT_EVERY", show_envvar=True,
-                          help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on SIGTERM/SIGUSR1)")(fn)
+                          help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on a stop signal: SIGTERM, SIGUSR1, SIGURG)")(fn)
         fn = click.option("--resume-dir", type=click.Path(file_okay=False), default=None,
                           help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
                                "checkpoint of the same config, inputs, class order and code; removed after success")(fn)
@@ -254,6 +254,33 @@ def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, th
     import_teacher(DatasetSpec.parse(data), arch, checkpoint, out, device, threads, info, class_list)
 
 
+@main.command("fetch-pretrained")
+@click.option("--model", "name", required=True, metavar="NAME",
+              help="timm model name with or without a pretrained tag, e.g. resnet18.a1_in1k (resnet18: timm's default tag)")
+@click.option("--out", required=True, type=output, help="weights to write (.safetensors)")
+@click.option("--verbose", is_flag=True, help="debug logging")
+def fetch_pretrained_cmd(name, out, verbose):
+    """Save timm's pretrained weights for NAME as a safetensors state dict, for import-teacher.
+
+    \b
+    Runs timm.create_model(NAME, pretrained=True): huggingface_hub downloads the weights or
+    reads them from its local cache. Where it looks is its environment:
+      HF_HUB_OFFLINE=1   cache only, never the network
+      HF_HUB_CACHE       the cache folder (default: $HF_HOME/hub, HF_HOME default ~/.cache/huggingface)
+    The file's metadata names the timm model, its hub id, tag and revision, and the mean/std the
+    weights expect. The workflow runs this on the submitting node (compute nodes often have no
+    network) for `checkpoint: timm:NAME` in teachers.pretrained.
+    """
+    from .hub import fetch_pretrained
+    from .runtime import setup_logging
+
+    setup_logging(verbose)
+    try:
+        fetch_pretrained(name, out)
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @main.command("extract-stats")
 @click.option("--teacher", required=True, type=existing, help="teacher artifact (.h5)")
 @_data_option
@@ -267,15 +294,17 @@ def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, th
               help="with --views: smallest crop area fraction (as distill's)")
 @click.option("--seed", type=int, default=0, help="with --views: seed of the views")
 @click.option("--out", required=True, type=output, help="statistics artifact to write (.h5)")
+@_resume_options("stats", 1000, "batches")
 @_runtime_options
-def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min, seed, out, device, threads):
+def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min, seed, out, resume_dir,
+                      checkpoint_every, checkpoint_minutes, device, threads):
     """Mean and full covariance of every BatchNorm input of TEACHER over the real training set."""
     from .data import DatasetSpec
     from .stats import run_extract_stats
     from .teacher import load_teacher
 
     run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, threads,
-                      views, crop_scale_min, seed)
+                      views, crop_scale_min, seed, resume_dir, checkpoint_every, checkpoint_minutes)
 
 
 @main.command("distill")
@@ -387,15 +416,16 @@ def merge_cmd(shards, ipc, out):
 @click.option("--seed", type=int, default=0, help="seed of the views")
 @click.option("--out", required=True, type=output, help="soft-label artifact to write (.h5)")
 @_hparam_options(RelabelParams)
+@_resume_options("relabel", 10, "label epochs (whole rounds of one epoch per process)")
 @_runtime_options
-def relabel_cmd(images, teachers, seed, out, device, threads, **kw):
+def relabel_cmd(images, teachers, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Soft labels per (epoch, image): a seeded crop/flip view and the teachers' mean logits (fp16)."""
     from .relabel import generate_soft_labels
     from .synthetic import load_synthetic
     from .teacher import load_teachers
 
     generate_soft_labels(load_teachers(list(teachers), device), load_synthetic(images), images,
-                         _take(RelabelParams, kw), seed, out, device)
+                         _take(RelabelParams, kw), seed, out, device, resume_dir, checkpoint_every, checkpoint_minutes)
 
 
 @main.command("evaluate")

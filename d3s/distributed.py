@@ -62,7 +62,13 @@ def init_from_env(device: torch.device) -> torch.device:
                            "GPU(s) visible; start as many processes per node as GPUs")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    if dist.get_rank() == 0:
+        import logging
+
+        logging.getLogger("d3s").info("%d processes (%s), one per %s", dist.get_world_size(), backend,
+                                      "GPU" if device.type == "cuda" else "share of the CPUs")
     return device
 
 

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
+from .checkpoint import DEFAULT_MINUTES, Checkpointer
 from .errors import D3SError
 from .hparams import RelabelParams
 from .data import ImagesOnDevice
-from .distributed import ranks
+from .distributed import barrier, ranks
 from .engine import run_epochs
 from .runtime import autocast, generator, log, maybe_compile, prepare_input, prepare_model, to_device
 from .synthetic import SyntheticSet
@@ -90,6 +92,9 @@ def generate_soft_labels(
     seed: int,
     out: str,
     device: torch.device,
+    resume_dir: str | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_minutes: float = DEFAULT_MINUTES,
 ) -> None:
     """Write OUT with each label epoch's views and the teachers' mean logits on them.
 
@@ -98,6 +103,13 @@ def generate_soft_labels(
     processes the epochs are dealt out round by round (epoch e on rank e mod N) and gathered on
     rank 0, which writes: every epoch has its own view stream, so on the CPU the file is
     bit-identical to a 1-process run's (on GPUs, up to the convolution algorithms each process picks).
+
+    With `resume_dir` the file is written there (PARTIAL) and moved onto OUT at the end. A
+    checkpoint, after a round every N label epochs (rounded up to whole rounds) or M minutes
+    and on a stop signal, flushes it and records how many rounds it holds: a restart reopens it
+    and continues with the next round. Its datasets are allocated when created, so writing a
+    round changes only their data, never the file's structure: a kill leaves the file as it
+    was at the last flush plus some label data that the restart writes again.
     """
     t0 = teachers[0]
     for t in teachers:
@@ -112,6 +124,17 @@ def generate_soft_labels(
         log.info("relabel: top_k %d >= %d classes: storing all logits", params.top_k, c)
     models = [maybe_compile(prepare_model(t.model, device)) for t in teachers]
     r = ranks()
+    digest = images_digest(synthetic.images)
+    checkpoint = Checkpointer(resume_dir, {
+        "stage": "relabel", "params": asdict(params), "seed": seed, "images": digest, "classes": synthetic.classes,
+        "teachers": [[t.weights_sha256, t.mean, t.std, t.image_size, t.hflip] for t in teachers],
+        "processes": r.world,  # a checkpoint counts rounds of `processes` label epochs
+    }, -(-checkpoint_every // r.world), checkpoint_minutes)
+    partial = checkpoint.dir / PARTIAL if checkpoint.enabled else None
+    if r.main and partial is not None and (checkpoint.dir / "state.pt").exists() and not _readable(partial):
+        log.warning("relabel: %s is missing or unreadable: starting over", partial)
+        checkpoint.clear()
+    barrier()  # before any rank looks for the checkpoint
 
     def label_epoch(epoch: int) -> Iterator[None]:
         """Yield once per batch; leaves the epoch's packed labels in `packed` (dense fp16, or top-k float32)."""
@@ -132,9 +155,29 @@ def generate_soft_labels(
 
     packed = torch.empty(n, 2 * k + 1 if k else c, dtype=torch.float32 if k else torch.float16, device=device)
     rounds = -(-params.epochs // r.world)
-    writer = None
+    writer: _LabelWriter | None = None
+    resumed = False
+
+    def open_writer() -> None:
+        """Rank 0: create the file, or reopen the partial one a checkpoint was made with."""
+        nonlocal writer
+        if r.main and writer is None:
+            if partial is not None:
+                checkpoint.dir.mkdir(parents=True, exist_ok=True)
+            writer = _LabelWriter(path, teachers, synthetic_path, params, seed, n, c, k, digest, reopen=resumed)
+
+    def snapshot(done_rounds: int) -> dict:
+        if writer is not None:
+            writer.f.flush()  # the labels of every round done are in the file before the checkpoint says so
+        return {"step": done_rounds}
+
+    def restore(state: dict) -> int:
+        nonlocal resumed
+        resumed = True
+        return int(state["step"])
 
     def round_steps(rnd: int):
+        open_writer()
         epoch = rnd * r.world + r.rank
         if epoch < params.epochs:
             yield from label_epoch(epoch)
@@ -147,15 +190,20 @@ def generate_soft_labels(
                 if e < params.epochs:
                     writer.write(e, part)
 
-    with atomic_path(out) if r.main else contextlib.nullcontext() as tmp:
-        if r.main:
-            writer = _LabelWriter(tmp, teachers, synthetic, synthetic_path, params, seed, n, c, k)
+    target = atomic_path(out) if r.main and partial is None else contextlib.nullcontext(partial)
+    with target as path:
         try:
             run_epochs("relabel" if r.world == 1 else f"relabel ({r.world} label epochs a round)", rounds,
-                   -(-n // params.batch_size), round_steps, device, log_lines=10)
+                       -(-n // params.batch_size), round_steps, device, checkpoint,
+                       snapshot if checkpoint.enabled else None, restore, log_lines=10)
+            open_writer()  # no round ran (resumed after the last, or no epochs): the file is still made
         finally:
             if writer is not None:
                 writer.f.close()
+    if r.main and partial is not None:
+        with atomic_path(out) as tmp:
+            shutil.move(partial, tmp)
+    checkpoint.clear()
 
 
 def _gather(packed: torch.Tensor, r) -> list[np.ndarray]:
@@ -169,27 +217,57 @@ def _gather(packed: torch.Tensor, r) -> list[np.ndarray]:
     return [p.cpu().numpy() for p in parts] if r.main else []
 
 
-class _LabelWriter:
-    """The soft-label artifact, written one epoch at a time (into atomic_path's temporary file)."""
+PARTIAL = "labels.partial.h5"  # the artifact being written, in --resume-dir
 
-    def __init__(self, path, teachers, synthetic, synthetic_path, params: RelabelParams, seed: int, n: int, c: int, k: int):
+
+def _readable(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("d3s_kind") == "labels"
+    except OSError:
+        return False
+
+
+def _allocated(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    """A dataset of one chunk per label epoch, all of its space allocated now (and not filled): writing
+    it later changes raw data only, so the file's structure is final once flushed."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return f.create_dataset(name, shape, dtype=dtype, chunks=(1, *shape[1:]), dcpl=dcpl, fill_time="never")
+
+
+class _LabelWriter:
+    """The soft-label artifact, written one epoch at a time (into atomic_path's temporary file, or the
+    partial file in --resume-dir, which `reopen` continues)."""
+
+    def __init__(self, path, teachers, synthetic_path, params: RelabelParams, seed: int, n: int, c: int, k: int,
+                 digest: str, reopen: bool = False):
         t0 = teachers[0]
         self.params, self.seed, self.n, self.k, self.hflip = params, seed, n, k, t0.hflip
-        self.f = f = h5py.File(path, "w")
-        write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,
-                         inputs={"images": synthetic_path, "teachers": [t.path for t in teachers]})
-        f.attrs.update(images_sha256=images_digest(synthetic.images), teachers=json.dumps([t.weights_sha256 for t in teachers]),
-                       epochs=params.epochs, n_images=n, hflip=t0.hflip, image_size=t0.image_size, top_k=k,
-                       box_format="cx,cy,w,h (centre in [-1,1], size as a fraction of the side)")
-        e = params.epochs
-        self.boxes = f.create_dataset("boxes", (e, n, 4), dtype="f4", chunks=(1, n, 4))
-        self.flips = f.create_dataset("flips", (e, n), dtype="bool", chunks=(1, n))
-        if k:
-            self.logits = f.create_dataset("topk_logits", (e, n, k), dtype="f2", chunks=(1, n, k))
-            self.classes = f.create_dataset("topk_classes", (e, n, k), chunks=(1, n, k), dtype="u2" if c <= 2**16 else "i4")
-            self.rest = f.create_dataset("rest_logsumexp", (e, n), dtype="f4", chunks=(1, n))
+        if reopen:
+            self.f = f = h5py.File(path, "r+")
         else:
-            self.logits = f.create_dataset("logits", (e, n, c), dtype="f2", chunks=(1, n, c))
+            self.f = f = h5py.File(path, "w")
+            write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,
+                             inputs={"images": synthetic_path, "teachers": [t.path for t in teachers]})
+            f.attrs.update(images_sha256=digest, teachers=json.dumps([t.weights_sha256 for t in teachers]),
+                           epochs=params.epochs, n_images=n, hflip=t0.hflip, image_size=t0.image_size, top_k=k,
+                           box_format="cx,cy,w,h (centre in [-1,1], size as a fraction of the side)")
+            e = params.epochs
+            _allocated(f, "boxes", (e, n, 4), "f4")
+            _allocated(f, "flips", (e, n), "bool")
+            if k:
+                _allocated(f, "topk_logits", (e, n, k), "f2")
+                _allocated(f, "topk_classes", (e, n, k), "u2" if c <= 2**16 else "i4")
+                _allocated(f, "rest_logsumexp", (e, n), "f4")
+            else:
+                _allocated(f, "logits", (e, n, c), "f2")
+            f.flush()
+        self.boxes, self.flips = f["boxes"], f["flips"]
+        if k:
+            self.logits, self.classes, self.rest = f["topk_logits"], f["topk_classes"], f["rest_logsumexp"]
+        else:
+            self.logits = f["logits"]
 
     def write(self, epoch: int, packed: np.ndarray) -> None:
         boxes, flips = _epoch_views(epoch, self.n, self.params, self.hflip, self.seed)  # host copies: cheap to redraw

@@ -17,10 +17,39 @@ from .errors import D3SError
 log = logging.getLogger("d3s")
 
 
+# Set by SLURM in a job (or step) that was given GPUs.
+SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE")
+
+
+def allocated_gpus(environ=os.environ) -> str | None:
+    """'NAME=value' of the first SLURM variable saying this job was given GPUs, else None."""
+    for name in SLURM_GPU_VARIABLES:
+        value = environ.get(name, "").strip()
+        none = ("", "N/A", "0") if name == "SLURM_GPUS_ON_NODE" else ("", "N/A")  # a count; the others list ids
+        if value not in none:
+            return f"{name}={value}"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when present (honouring CUDA_VISIBLE_DEVICES, as SLURM sets it), else CPU."""
+    """'auto' is CUDA when present (honouring CUDA_VISIBLE_DEVICES, as SLURM sets it), else CPU.
+
+    A job that SLURM gave GPUs but whose torch sees none (a CPU-only build resolved on a
+    GPU-less login node, a driver mismatch) stops here: running it on the CPU without a word
+    would waste the GPU allocation for days. `--device cpu` runs on the CPU on purpose.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        gpus = allocated_gpus()
+        if gpus:
+            raise D3SError(
+                f"--device auto: this job was given GPUs ({gpus}, CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}) but torch {torch.__version__} sees none "
+                f"(built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). Install a CUDA build of torch "
+                "in the job's environment (README, 'Cluster (SLURM)': envs/d3s.yaml, CONDA_OVERRIDE_CUDA), "
+                "or set `device: cpu` (--device cpu) to run on the CPU on purpose")
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise D3SError(f"--device {name}: CUDA is not available on this machine (use 'auto' or 'cpu')")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
+from .checkpoint import DEFAULT_MINUTES, Checkpointer, stop_requested
 from .data import DatasetSpec, evaluation_loader, load_dataset
 from .distributed import Ranks
 from .errors import D3SError
@@ -112,17 +113,23 @@ def extract_stats(
     views: int = 0,
     crop_scale: tuple[float, float] = (0.5, 1.0),
     seed: int = 0,
+    checkpoint: Checkpointer | None = None,
 ) -> list[LayerStats]:
     """Streamed moments of every BN input over `dataset`.
 
     views = 0: each image as it is. views = k > 0: k random-resized-crop (+ flip, if the
     dataset flips) views of each image, the augmentation distillation renders its images with,
     so both sides of the KL describe the same kind of input.
+
+    With a checkpointer the pass saves its running moments, the number of batches done and the
+    views' generator at batch ends (every N batches or M minutes, and on a stop signal, which
+    then raises Preempted); a restart skips the batches done and ends with the same moments.
     """
+    checkpoint = checkpoint or Checkpointer(None, {}, 0, 0)
     model = prepare_model(teacher.model, device).eval()
     normalizer = teacher.normalizer(device)
-    loader = evaluation_loader(dataset, batch_size, workers, device, Ranks())  # pinned on CUDA
     g = generator(seed, 50)
+    n_batches = -(-len(dataset) // batch_size)
     with BNInputRecorder(model, teacher.path) as rec:
         accs = [MomentAccumulator(m.num_features, device) for _, m in rec.layers]
         first = None
@@ -131,8 +138,14 @@ def extract_stats(
             first = InputConvMoments.find(model, rec, probe, device)
             log.info("first BN layer: %s", f"moments through the patches of '{rec.names[0]}''s input conv" if first
                      else "moments of its input directly (no conv straight from the image)")
-        every = log_every(len(loader), 10)
-        for step, (x, _) in enumerate(progress(loader, desc="stats")):
+        start = 0
+        state = checkpoint.load()
+        if state is not None:
+            start = _restore_moments(state, accs, first, g)
+        rest = dataset if not start else torch.utils.data.Subset(dataset, range(start * batch_size, len(dataset)))
+        loader = evaluation_loader(rest, batch_size, workers, device, Ranks())  # pinned on CUDA
+        every = log_every(n_batches, 10)
+        for step, (x, _) in enumerate(progress(loader, desc="stats", total=n_batches, initial=start), start):
             x = normalizer.from_uint8(to_device(x, device))
             for _ in range(max(views, 1)):
                 if views:
@@ -148,7 +161,14 @@ def extract_stats(
                 for acc, feats in zip(accs[skip:], rec.inputs[skip:]):
                     acc.update_features(feats.float(), pooling)
             if (step + 1) % every == 0:
-                log.info("stats: %d/%d batches", step + 1, len(loader))
+                log.info("stats: %d/%d batches", step + 1, n_batches)
+            if step + 1 < n_batches:  # a batch end is the pass's safe point
+                stop = stop_requested()
+                if stop or checkpoint.due(step + 1):
+                    state = _moments_state(step + 1, accs, first, g)
+                    if stop:
+                        checkpoint.preempt(state)
+                    checkpoint.save(state)
         names = rec.names
         running = [(m.running_mean, m.running_var) for _, m in rec.layers]
     out = [LayerStats(n, a.mean.cpu(), a.covariance().cpu(), a.count) for n, a, in zip(names, accs)]
@@ -163,14 +183,51 @@ def extract_stats(
     return out
 
 
+def _moments_state(step: int, accs: list[MomentAccumulator], first: InputConvMoments | None,
+                   g: torch.Generator) -> dict:
+    """The statistics pass after `step` batches: every running moment (float64, exact) and the views' generator."""
+    def moments(a: MomentAccumulator) -> dict:
+        return {"count": a.count, "mean": a.mean.cpu(), "scatter": a.scatter.cpu()}
+
+    return {"step": step, "moments": [moments(a) for a in accs], "first": None if first is None else moments(first.acc),
+            "views_rng": g.get_state()}
+
+
+def _restore_moments(state: dict, accs: list[MomentAccumulator], first: InputConvMoments | None,
+                     g: torch.Generator) -> int:
+    """Load what `_moments_state` saved; returns the number of batches already done."""
+    def load(a: MomentAccumulator, saved: dict) -> None:
+        a.count = int(saved["count"])
+        a.mean.copy_(saved["mean"])
+        a.scatter.copy_(saved["scatter"])
+
+    if len(state["moments"]) != len(accs) or (state["first"] is None) != (first is None):
+        raise D3SError("extract-stats: the checkpoint holds other layers than this teacher's; "
+                       "remove the --resume-dir folder")
+    for a, saved in zip(accs, state["moments"]):
+        load(a, saved)
+    if first is not None:
+        load(first.acc, state["first"])
+    g.set_state(state["views_rng"])
+    return int(state["step"])
+
+
 def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0,
-                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0) -> None:
+                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0, resume_dir: str | None = None,
+                      checkpoint_every: int = 0, checkpoint_minutes: float = DEFAULT_MINUTES) -> None:
     data = load_dataset(spec, splits=("train",))
     workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
     # Views crop the stored training image (as training did); plain images are its centre crop (as the test protocol)
-    layers = extract_stats(teacher, data.train if views else data.train_plain, pooling, batch_size, device, workers,
-                           views, (crop_scale_min, 1.0), seed)
+    images = data.train if views else data.train_plain
+    checkpoint = Checkpointer(resume_dir, {
+        "stage": "extract-stats", "teacher": teacher.weights_sha256, "normalisation": [teacher.mean, teacher.std],
+        "image_size": teacher.image_size, "hflip": teacher.hflip, "classes": teacher.classes, "dataset": spec.to_dict(),
+        "n_images": len(images), "pooling": pooling, "batch_size": batch_size, "views": views,
+        "crop_scale_min": crop_scale_min if views else None, "seed": seed if views else None,
+    }, checkpoint_every, checkpoint_minutes)
+    layers = extract_stats(teacher, images, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed,
+                           checkpoint)
     config = {"pooling": pooling, "batch_size": batch_size, "views": views}
     if views:
         config["crop_scale_min"] = crop_scale_min
@@ -185,6 +242,7 @@ def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_s
             lg.attrs.update(name=s.name, count=s.count, dim=len(s.mean))
             lg.create_dataset("mean", data=s.mean.numpy())
             lg.create_dataset("cov", data=s.cov.numpy())
+    checkpoint.clear()
 
 
 def load_stats(path: str | Path, teacher: Teacher) -> list[LayerStats]:

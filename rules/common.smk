@@ -11,12 +11,22 @@ import jsonschema
 import yaml
 from snakemake.utils import validate
 
-sys.path.insert(
-    0, workflow.basedir
-)  # d3s.sweep is torch-free: the workflow plans variants with it
-from d3s import sweep as sweeps
+# Paths from this file, not from `workflow.basedir`: when the workflow is used as a module
+# (`module d3s: snakefile: github(...)`, as snakedeploy writes it) basedir is the deploying
+# workflow's folder, and this file may be remote (source_path caches it locally).
+SCHEMA_FILE = str(workflow.source_path("../config/schema/config.schema.yaml"))
+_CHECKOUT = os.path.dirname(
+    str(workflow.current_basedir.get_path_or_uri(secret_free=True))
+)
+if os.path.isdir(os.path.join(_CHECKOUT, "d3s")):
+    if _CHECKOUT not in sys.path:
+        sys.path.append(
+            _CHECKOUT
+        )  # an installed d3s comes first (the rules run its `d3s` command)
+    # what envs/d3s.post-deploy.sh installs into a new conda environment (--sdm conda)
+    os.environ.setdefault("D3S_SOURCE", _CHECKOUT)
+from d3s import sweep as sweeps  # torch-free: the workflow plans sweep variants with it
 
-SCHEMA_FILE = os.path.join(workflow.basedir, "config", "schema", "config.schema.yaml")
 # YAML reads `50:` as an int key; JSON Schema checks keys as strings.
 config["distill_by_ipc"] = {
     str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()
@@ -340,13 +350,26 @@ def pretrained_entry(wildcards):
     raise ValueError(f"config: no teachers.pretrained entry named '{wildcards.name}'")
 
 
+# Where fetch_pretrained writes the weights of a `checkpoint: timm:<model>`, outside results/.
+PRETRAINED_DIR = "resources/pretrained"
+
+
+def timm_pretrained(entry):
+    """'resnet18.a1_in1k' for `checkpoint: timm:resnet18.a1_in1k`, else None (a local file)."""
+    ckpt = entry["checkpoint"]
+    return ckpt.removeprefix("timm:") if ckpt.startswith("timm:") else None
+
+
 def pretrained_checkpoint(wildcards):
-    return pretrained_entry(wildcards)["checkpoint"]
+    p = pretrained_entry(wildcards)
+    model = timm_pretrained(p)
+    return f"{PRETRAINED_DIR}/timm/{model}.safetensors" if model else p["checkpoint"]
 
 
 def pretrained_options(wildcards):
     p = pretrained_entry(wildcards)
-    opts = f"--arch {shlex.quote(p['arch'])}"
+    # the schema requires `arch` unless the checkpoint is timm:<model>, whose arch is the model
+    opts = f"--arch {shlex.quote(p.get('arch') or timm_pretrained(p))}"
     if p.get("class_list"):
         opts += f" --class-list {shlex.quote(p['class_list'])}"
     return opts

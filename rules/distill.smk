@@ -30,7 +30,7 @@ rule distill_shard:
         seed=config["seed"],
         device=config["device"],
     shell:
-        "d3s distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "exec d3s distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} --data {params.data:q} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
@@ -68,7 +68,7 @@ rule merge_shards:
         # here too -- a change to them reruns the merge, which brings the shards back.
         distill_config=distill_digest,
     shell:
-        "d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"
+        "exec d3s merge {params.shards} --ipc {wildcards.ipc} --out {output} > {log} 2>&1"
 
 
 rule select_real:
@@ -97,6 +97,6 @@ rule select_real:
             "cpu" if wildcards.coreset == "random" else config["device"]
         ),
     shell:
-        "d3s select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
+        "exec d3s select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
         "--selection {wildcards.coreset} --seed {params.seed} --device {params.device} --threads {threads} "
         "--out {output} > {log} 2>&1"

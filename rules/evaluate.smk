@@ -27,7 +27,7 @@ rule evaluate_student:
         opts=evaluate_options,
         device=config["device"],
     shell:
-        "{params.d3s} evaluate --images {input.images} {params.labels} --label-mode {params.mode} --data {params.data:q} "
+        "exec {params.d3s} evaluate --images {input.images} {params.labels} --label-mode {params.mode} --data {params.data:q} "
         "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
         "--variant {params.variant:q} {params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
@@ -59,7 +59,7 @@ rule evaluate_full:
         opts=evaluate_options,
         device=config["device"],
     shell:
-        "{params.d3s} evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
+        "exec {params.d3s} evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
         "--label-mode {wildcards.labelmode} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
         "--variant {params.variant:q} {params.opts} "
         "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
@@ -98,7 +98,7 @@ rule summarize:
         teachers=input_option("--teacher", "teachers"),
         student=config["students"][0],
     shell:
-        "d3s summarize {params.results} {params.teachers} --dataset {wildcards.dataset} "
+        "exec d3s summarize {params.results} {params.teachers} --dataset {wildcards.dataset} "
         "--select-by {params.student} --tsv {output.tsv} --markdown {output.md} --sweep {output.sweep} > {log} 2>&1"
 
 

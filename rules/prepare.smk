@@ -20,7 +20,7 @@ rule pack_index:
         data=pack_spec,
         seed=config["prepare"]["seed"],
     shell:
-        "d3s pack-index --data {params.data:q} --seed {params.seed} --device cpu --out {output} > {log} 2>&1"
+        "exec d3s pack-index --data {params.data:q} --seed {params.seed} --device cpu --out {output} > {log} 2>&1"
 
 
 rule pack_part:
@@ -41,7 +41,7 @@ rule pack_part:
         mem_mb=lambda wildcards, threads, attempt: (TORCH_MB + 400 * threads) * attempt,
         runtime=grow_with_attempt(240),
     shell:
-        "d3s pack --index {input.index} --part {wildcards.part} --parts {wildcards.parts} --device cpu "
+        "exec d3s pack --index {input.index} --part {wildcards.part} --parts {wildcards.parts} --device cpu "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -64,4 +64,4 @@ rule pack_merge:
     params:
         parts=input_option("--part"),
     shell:
-        "d3s pack-merge {params.parts} --out {output} > {log} 2>&1"
+        "exec d3s pack-merge {params.parts} --out {output} > {log} 2>&1"

@@ -16,11 +16,13 @@ rule relabel:
         mem_mb=student_memory("relabel"),
         runtime=grow_with_attempt(240),
     params:
+        resume_dir=resume_dir("relabel"),
         d3s=d3s_launcher,
         teachers=input_option("--teacher", "teachers"),
         opts=relabel_options,
         seed=config["seed"],
         device=config["device"],
     shell:
-        "{params.d3s} relabel --images {input.images} {params.teachers} --seed {params.seed} {params.opts} "
-        "--device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        "exec {params.d3s} relabel --images {input.images} {params.teachers} --seed {params.seed} {params.opts} "
+        "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
+        "--out {output} > {log} 2>&1"

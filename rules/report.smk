@@ -19,7 +19,7 @@ rule plot_accuracy:
         mem_mb=1000,
         runtime=10,
     shell:
-        "d3s plot-accuracy --summary {input} --out {output} > {log} 2>&1"
+        "exec d3s plot-accuracy --summary {input} --out {output} > {log} 2>&1"
 
 
 rule plot_losses:
@@ -46,7 +46,7 @@ rule plot_losses:
         images=input_option("--images", "images"),
         summary=summary_option,
     shell:
-        "d3s plot-losses {params.images} {params.summary} --out {output} > {log} 2>&1"
+        "exec d3s plot-losses {params.images} {params.summary} --out {output} > {log} 2>&1"
 
 
 rule plot_images:
@@ -74,7 +74,7 @@ rule plot_images:
         images=input_option("--images", "images"),
         summary=summary_option,
     shell:
-        "d3s plot-images {params.images} {params.summary} --out {output} > {log} 2>&1"
+        "exec d3s plot-images {params.images} {params.summary} --out {output} > {log} 2>&1"
 
 
 localrules:

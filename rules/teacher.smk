@@ -17,7 +17,7 @@ rule dataset_info:
     params:
         data=dataset_spec,
     shell:
-        "d3s dataset-info --data {params.data:q} --threads {threads} --out {output} > {log} 2>&1"
+        "exec d3s dataset-info --data {params.data:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule train_teacher:
@@ -44,7 +44,7 @@ rule train_teacher:
         opts=cli_options("teacher"),
         device=config["device"],
     shell:
-        "{params.d3s} train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
+        "exec {params.d3s} train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "
         "--seed {wildcards.tseed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
@@ -73,5 +73,34 @@ rule import_teacher:
         opts=pretrained_options,
         device=config["device"],
     shell:
-        "d3s import-teacher --data {params.data:q} --info {input.info} --checkpoint {input.checkpoint} "
-        "{params.opts} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        "export HF_HUB_OFFLINE=1; exec d3s import-teacher --data {params.data:q} --info {input.info} "
+        "--checkpoint {input.checkpoint} {params.opts} --device {params.device} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+# `checkpoint: timm:<model>`: timm's pretrained weights, fetched once on the submitting node
+# (compute nodes often have no network); import_teacher then reads the file with the hub offline.
+if any(timm_pretrained(p) for p in config["teachers"]["pretrained"]):
+
+    localrules:
+        fetch_pretrained,
+
+
+rule fetch_pretrained:
+    output:
+        f"{PRETRAINED_DIR}/timm/{{model}}.safetensors",
+    log:
+        "logs/fetch_pretrained/{model}.log",
+    benchmark:
+        "logs/bench/fetch_pretrained/{model}.tsv"
+    wildcard_constraints:
+        model=r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
+    conda:
+        "../envs/d3s.yaml"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "exec d3s fetch-pretrained --model {wildcards.model} --out {output} > {log} 2>&1"

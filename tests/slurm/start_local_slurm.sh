@@ -15,7 +15,8 @@ chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge && chown munge:munge /run/munge /var/log/munge /var/lib/munge && chmod 755 /run/munge
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
-echo "NodeName=$NODE Name=gpu Type=fake File=/dev/null" > /etc/slurm/gres.conf
+# Two fake GPUs (gres needs one device file each; their contents are never read), so a 2-GPU job schedules.
+printf "NodeName=$NODE Name=gpu Type=fake File=%s\n" /dev/null /dev/zero > /etc/slurm/gres.conf
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=localcluster
 SlurmctldHost=$NODE(127.0.0.1)
@@ -42,7 +43,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 KillWait=5
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:fake:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:fake:2 State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 CONF
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -c

@@ -204,7 +204,7 @@ def test_two_process_student_checkpoints_by_time_and_resumes_after_sigterm(tiny,
     proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both ranks
     output = "".join(seen) + proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and not out.exists(), output
-    assert output.count(f"exitcode  : {EXIT_PREEMPTED}") + output.count("Preempted: stopped by signal") >= 1, output
+    assert output.count(f"exitcode  : {EXIT_PREEMPTED}") + output.count("Preempted: stopped by SIG") >= 1, output
     done = _torchrun(*args(out, *extra[:2]))
     assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr[-3000:]
     assert not resume.exists()

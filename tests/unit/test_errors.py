@@ -150,3 +150,19 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(final) as tmp:
         tmp.write_text("whole")
     assert final.read_text() == "whole" and list(tmp_path.iterdir()) == [final]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a job whose torch sees no GPU")
+def test_a_job_given_a_gpu_that_torch_cannot_see_stops_unless_cpu_was_asked(tmp_path, monkeypatch):
+    """SLURM gave the job a GPU (as on the fake-GPU test cluster) but torch sees none, e.g. a
+    CPU-only build: `auto` must not quietly train on the CPU; `--device cpu` does on purpose."""
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    args = ("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--epochs", "1", "--threads", "2")
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")  # a CPU job's count: no GPU was given
+    run_cli(*args, "--out", tmp_path / "cpu-job.h5")
+    monkeypatch.setenv("SLURM_STEP_GPUS", "0")  # GPU id 0 was given
+    out = _fails(*args, "--out", tmp_path / "t.h5")
+    assert "SLURM_STEP_GPUS=0" in out and "sees none" in out and "device: cpu" in out
+    assert not (tmp_path / "t.h5").exists()
+    run_cli(*args, "--device", "cpu", "--out", tmp_path / "t.h5")

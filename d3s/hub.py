@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 
 from .artifacts import atomic_path
 from .errors import D3SError

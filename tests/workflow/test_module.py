@@ -48,15 +48,17 @@ def _deploy(where: Path, config: dict) -> Path:
     return where
 
 
-def _dry_run(where: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "-n", "--cores", "1"], cwd=where, capture_output=True, text=True, timeout=300)
+def _dry_run(where: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=where, capture_output=True, text=True,
+                          timeout=300)
 
 
-def test_the_workflow_runs_as_a_module_from_another_directory(tmp_path):
+@pytest.mark.parametrize("profile", [[], ["--profile", str(REPO / "tests/slurm/profile")]], ids=["local", "slurm"])
+def test_the_workflow_runs_as_a_module_from_another_directory(tmp_path, profile):
     config = yaml.safe_load(TINY.read_text())
     deployed = _deploy(tmp_path / "deployed", config)
     assert not (deployed / "config" / "schema").exists()  # the module's schema is found in the module
-    proc = _dry_run(deployed)
+    proc = _dry_run(deployed, *profile)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     direct = tmp_path / "direct"
     direct.mkdir()

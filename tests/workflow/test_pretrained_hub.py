@@ -65,7 +65,7 @@ def test_the_dag_fetches_timm_weights_once_on_the_submitting_node(hub_run, monke
     local = _local_rules(work / "test-config.yaml")  # what the dry run just read
     assert "fetch_pretrained" in local and "import_teacher" not in local
     assert f"d3s fetch-pretrained --model {MODEL} --out {FETCHED}" in out
-    assert out.count(f"export HF_HUB_OFFLINE=1; exec d3s import-teacher") == 2  # a compute job never downloads
+    assert out.count("export HF_HUB_OFFLINE=1; exec d3s import-teacher") == 2  # a compute job never downloads
     assert out.count(f"--checkpoint {FETCHED} --arch {MODEL} ") == 2
 
     target = "results/blobs/teachers/pretrained/tr.h5"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +82,19 @@ def _finish(proc: subprocess.Popen) -> str:
     return log
 
 
-def _jobs(workdir: Path) -> dict[str, list[dict]]:
-    """Rule (or group) -> its SLURM jobs (array tasks one each), from the per-job log files and squeue."""
+def _job_logs(workdir: Path) -> dict[str, str]:
+    """SLURM job ("<jobid>", or "<jobid>_<task>" in an array) -> its rule, or "group", from the per-job logs."""
     by_log = {}
     for log in (workdir / "logs/slurm").rglob("*.log"):
-        top = log.relative_to(workdir / "logs/slurm").parts[0]  # rule_<name> or group_<name>
-        by_log[log.stem] = top.split("_", 1)[1] if top.startswith("rule_") else top  # "<jobid>" or "<jobid>_<task>"
+        top = log.relative_to(workdir / "logs/slurm").parts[0]  # rule_<rule> or group_<group>_<rules>
+        by_log[log.stem] = top.removeprefix("rule_") if top.startswith("rule_") else "group"
+    return by_log
+
+
+def _jobs(workdir: Path) -> dict[str, list[dict]]:
+    """Rule (or "group") -> its SLURM jobs (array tasks one each), from the per-job logs and squeue
+    (the test cluster keeps finished jobs in squeue for an hour, MinJobAge)."""
+    by_log = _job_logs(workdir)
     fields = subprocess.run(["squeue", "--states=all", "-h", "-O",
                              "ArrayJobID:12,ArrayTaskID:8,JobID:10,NumCPUs:6,MinMemory:10,tres-per-job:24,State:14"],
                             capture_output=True, text=True, timeout=60, check=True).stdout
@@ -152,7 +159,7 @@ def test_grouped_students_rerun_as_one_job_after_an_evaluation_change(slurm_run)
     evaluation change reruns the students (and the summary) only, here 4 students as 2 group jobs."""
     local, cluster, config, _ = slurm_run
     config = {**config, "evaluate": {**config["evaluate"], "epochs": config["evaluate"]["epochs"] + 1}}
-    before = {rule: len(jobs) for rule, jobs in _jobs(cluster).items()}
+    before = Counter(_job_logs(cluster).values())
     # CPU-sized: the students ask for no GPU (device: cpu) and one thread; a group job asks for the
     # sum of its members' CPUs and memory, so 2 students a job fit this 2-CPU node
     proc = _slurm_snakemake(cluster, "--groups", "evaluate_student=students", "--group-components", "students=2",
@@ -161,9 +168,8 @@ def test_grouped_students_rerun_as_one_job_after_an_evaluation_change(slurm_run)
     snakemake(local, "--set-resources", "train_teacher:gpu=2", "--set-threads", "distill_shard=1",
               "evaluate_student=1", config=config)
     _finish(proc)
-    after = _jobs(cluster)
-    assert {rule: len(jobs) for rule, jobs in after.items() if rule != "group_students"} == before
-    groups = after["group_students"]
+    assert Counter(_job_logs(cluster).values()) - Counter(group=2) == before  # two group jobs, nothing else
+    groups = _jobs(cluster)["group"]
     assert len(groups) == 2 and all(job["state"] == "COMPLETED" and job["cpus"] == 2 for job in groups), groups
     results = _results(cluster)
     assert len(results) == 4 and all(json.loads((cluster / p).read_text())["protocol"]["epochs"] == 31

@@ -9,8 +9,8 @@ directory is removed once the final artifact is written.
 A stop request is SIGTERM (what SLURM sends at a time limit or preemption, KillWait seconds
 before SIGKILL), SIGUSR1, or SIGURG: the warning the cluster profile asks SLURM for ahead of
 the time limit (`--signal=URG@<seconds>`). SLURM delivers that warning to every process of
-the job's steps: under the executor plugin that is the job's own `python -m snakemake`, its
-shell and torchrun as well as d3s. SIGURG is ignored by default, so those stay alive and wait,
+the job's steps: under the executor plugin that is the job's own `python -m snakemake` and
+torchrun as well as d3s (the rules `exec` d3s: no shell between). SIGURG is ignored by default, so those stay alive and wait,
 while SIGUSR1 would kill them (its default action) and the step with them, d3s mid-checkpoint.
 The stage then saves a checkpoint at its next safe point (the end of the current distillation
 step, or of the current epoch of a training loop) and exits with code 75 (EX_TEMPFAIL), so
@@ -142,6 +142,19 @@ class Checkpointer:
         os.replace(tmp, self.dir / "state.pt")
         size = (self.dir / "state.pt").stat().st_size
         log.info("checkpoint saved at step %d in %s (%.1f MB)", state["step"], self.dir, size / 1e6)
+
+    def at_safe_point(self, step: int, last: int, make_state) -> None:
+        """A loop's safe point after `step` of `last` steps: on a stop request save `make_state()`
+        and raise Preempted, else save it when a checkpoint is due. Nothing after the last step:
+        the artifact is written next (a stop there would only cost a retry)."""
+        if step >= last:
+            return
+        stop = stop_requested()
+        if stop or self.due(step):
+            state = make_state()
+            if stop:
+                self.preempt(state)
+            self.save(state)
 
     def preempt(self, state: dict[str, Any]) -> None:
         """Save `state`, wait until rank 0 has written it (several processes), raise Preempted."""

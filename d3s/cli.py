@@ -143,6 +143,12 @@ def main():
     version. The Snakemake workflow in this repository chains these commands; run them by
     hand to debug one stage.
     """
+    from .install import check_installed_source
+
+    try:
+        check_installed_source()
+    except D3SError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.command("pack-index")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Checkpointer, stop_requested
+from .checkpoint import Checkpointer
 from .engine import CLEAN
 from .errors import D3SError
 from .gaussian import GaussianTargets, MovingMoments, feature_moments, gaussian_kl_batched, gaussian_target
@@ -280,6 +280,11 @@ class Synthesis:
         return int(state["step"])
 
 
+def _checked_state(synthesis: Synthesis, step: int) -> dict:
+    synthesis.raise_if_non_finite()  # never checkpoint a diverged state
+    return synthesis.state_dict(step)
+
+
 def distill(
     teachers: list[Teacher],
     stats: list[list[LayerStats]] | None,
@@ -358,13 +363,7 @@ def distill(
             bar.set_postfix(loss=f"{total:.4f}")
             log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations, total,
                      "kl" if method == "d3s" else "bn", match, ce)
-        stop = stop_requested()
-        if stop or (checkpoint.due(step + 1) and step + 1 < synthesis.steps):
-            synthesis.raise_if_non_finite()  # never checkpoint a diverged state
-            state = synthesis.state_dict(step + 1)
-            if stop:
-                checkpoint.preempt(state)
-            checkpoint.save(state)
+        checkpoint.at_safe_point(step + 1, synthesis.steps, lambda: _checked_state(synthesis, step + 1))
     bar.close()
     synthesis.raise_if_non_finite()
     for rec in recorders:

@@ -133,8 +133,10 @@ def run_epochs(
             if step % every == 0 or step == total:
                 _log_progress(name, meter, epoch, epochs, step, total, describe())
         if snapshot is not None:
-            # one decision for all ranks: each has its own clock, and a signal may reach some only
-            due, stop = agree([epoch + 1 < epochs and checkpoint.due(epoch + 1), stop_requested()], device)
+            # one decision for all ranks: each has its own clock, and a signal may reach some only;
+            # none after the last epoch (the artifact is written next: a stop would only cost a retry)
+            more = epoch + 1 < epochs
+            due, stop = agree([more and checkpoint.due(epoch + 1), more and stop_requested()], device)
             if due or stop:
                 _check_finite(name, meter)  # never checkpoint a diverged state
                 state = saved(epoch + 1)

@@ -93,8 +93,8 @@ def fetch_pretrained(name: str, out: str | os.PathLike) -> dict:
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
-        state[key] = t.clone() if ptr in seen else t  # safetensors refuses tensors that share memory
+        ptr = t.untyped_storage().data_ptr()
+        state[key] = t.clone() if ptr in seen else t  # safetensors refuses tensors that share a storage
         seen.add(ptr)
     pcfg = getattr(model, "pretrained_cfg", None) or cfg.to_dict()
     metadata = {

@@ -22,12 +22,17 @@ SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"
 
 
 def allocated_gpus(environ=os.environ) -> str | None:
-    """'NAME=value' of the first SLURM variable saying this job was given GPUs, else None."""
+    """'NAME=value' of what says this SLURM job was given GPUs, else None: a SLURM variable, or
+    the workflow's D3S_REQUESTED_GPUS inside a SLURM job (the executor plugin runs an array
+    task without srun and removes SLURM's GPU variables first)."""
     for name in SLURM_GPU_VARIABLES:
         value = environ.get(name, "").strip()
         none = ("", "N/A", "0") if name == "SLURM_GPUS_ON_NODE" else ("", "N/A")  # a count; the others list ids
         if value not in none:
             return f"{name}={value}"
+    requested = environ.get("D3S_REQUESTED_GPUS", "0").strip()
+    if environ.get("SLURM_JOB_ID") and requested not in ("", "0"):
+        return f"SLURM job {environ['SLURM_JOB_ID']} asked for them: D3S_REQUESTED_GPUS={requested}"
     return None
 
 

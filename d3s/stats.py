@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
-from .checkpoint import DEFAULT_MINUTES, Checkpointer, stop_requested
+from .checkpoint import DEFAULT_MINUTES, Checkpointer
 from .data import DatasetSpec, evaluation_loader, load_dataset
 from .distributed import Ranks
 from .errors import D3SError
@@ -162,13 +162,8 @@ def extract_stats(
                     acc.update_features(feats.float(), pooling)
             if (step + 1) % every == 0:
                 log.info("stats: %d/%d batches", step + 1, n_batches)
-            if step + 1 < n_batches:  # a batch end is the pass's safe point
-                stop = stop_requested()
-                if stop or checkpoint.due(step + 1):
-                    state = _moments_state(step + 1, accs, first, g)
-                    if stop:
-                        checkpoint.preempt(state)
-                    checkpoint.save(state)
+            # a batch end is the pass's safe point
+            checkpoint.at_safe_point(step + 1, n_batches, lambda: _moments_state(step + 1, accs, first, g))
         names = rec.names
         running = [(m.running_mean, m.running_var) for _, m in rec.layers]
     out = [LayerStats(n, a.mean.cpu(), a.covariance().cpu(), a.count) for n, a, in zip(names, accs)]

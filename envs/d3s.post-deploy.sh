@@ -11,4 +11,7 @@ if [ -d "$source" ]; then
 else
   python -m pip install --no-deps "$source"
 fi
+# d3s checks at start that the workflow it runs for is the one installed here (an environment is
+# shared by the checkouts that use one --conda-prefix): d3s/install.py
+echo "$source" > "$(python -c 'import sys; print(sys.prefix)')/d3s-source.txt"
 python -c "import d3s, torch; print('d3s', d3s.__version__, 'torch', torch.__version__, 'CUDA', torch.version.cuda)"

@@ -688,11 +688,17 @@ def distill_memory(wildcards, input, attempt):
 def d3s_launcher(wildcards, resources):
     """`d3s`, or torchrun starting one d3s process per GPU when the job asks for several
     (set-resources: {evaluate_full: {gpu: 4}}); a params function of resources reruns nothing.
+
+    A job that asks for GPUs says so in D3S_REQUESTED_GPUS: d3s then stops, rather than run on
+    the CPU, when torch sees none in a SLURM job (runtime.allocated_gpus). SLURM's own GPU
+    variables do not reach every job: the executor plugin runs an array task without srun,
+    after removing them.
     """
     gpus = int(getattr(resources, "gpu", 0) or 0)
+    command = "d3s"
     if gpus > 1:
-        return f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m d3s"
-    return "d3s"
+        command = f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m d3s"
+    return f"env D3S_REQUESTED_GPUS={gpus} {command}" if gpus else command
 
 
 def input_option(flag, key=None):

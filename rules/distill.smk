@@ -20,6 +20,7 @@ rule distill_shard:
         mem_mb=distill_memory,
         runtime=grow_with_attempt(480),
     params:
+        d3s=d3s_launcher,
         resume_dir=resume_dir("distill_shard"),
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
@@ -30,7 +31,7 @@ rule distill_shard:
         seed=config["seed"],
         device=config["device"],
     shell:
-        "exec d3s distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
+        "exec {params.d3s} distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
         "{params.classes} --data {params.data:q} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
@@ -90,6 +91,7 @@ rule select_real:
         mem_mb=memory(data_splits=2, test=True),
         runtime=grow_with_attempt(60),
     params:
+        d3s=d3s_launcher,
         data=dataset_spec,
         teachers=input_option("--teacher", "teachers"),
         seed=config["seed"],
@@ -97,6 +99,6 @@ rule select_real:
             "cpu" if wildcards.coreset == "random" else config["device"]
         ),
     shell:
-        "exec d3s select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
+        "exec {params.d3s} select-real --data {params.data:q} {params.teachers} --ipc {wildcards.ipc} "
         "--selection {wildcards.coreset} --seed {params.seed} --device {params.device} --threads {threads} "
         "--out {output} > {log} 2>&1"

@@ -16,11 +16,12 @@ rule extract_stats:
         mem_mb=memory(data_splits=1, batch="stats"),
         runtime=grow_with_attempt(120),
     params:
+        d3s=d3s_launcher,
         resume_dir=resume_dir("extract_stats"),
         data=dataset_spec,
         opts=cli_options("stats"),
         device=config["device"],
     shell:
-        "exec d3s extract-stats --teacher {input.teacher} --data {params.data:q} {params.opts} "
+        "exec {params.d3s} extract-stats --teacher {input.teacher} --data {params.data:q} {params.opts} "
         "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"

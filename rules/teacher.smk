@@ -69,11 +69,12 @@ rule import_teacher:
         mem_mb=memory(data_splits=2, test=True),
         runtime=grow_with_attempt(60),
     params:
+        d3s=d3s_launcher,
         data=dataset_spec,
         opts=pretrained_options,
         device=config["device"],
     shell:
-        "export HF_HUB_OFFLINE=1; exec d3s import-teacher --data {params.data:q} --info {input.info} "
+        "export HF_HUB_OFFLINE=1; exec {params.d3s} import-teacher --data {params.data:q} --info {input.info} "
         "--checkpoint {input.checkpoint} {params.opts} --device {params.device} --threads {threads} "
         "--out {output} > {log} 2>&1"
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
+import venv
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from d3s.cli import main
+from d3s.install import SOURCE_MARKER, check_installed_source
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = REPO / "envs" / "d3s.yaml"
@@ -52,12 +60,36 @@ def test_the_conda_environment_takes_a_cuda_torch_from_conda_forge_only():
     assert "pytorch-gpu" in _conda_specs() and "pytorch" not in _conda_specs()
 
 
-def test_the_environment_installs_d3s_itself_without_its_dependencies():
+def test_the_post_deploy_script_installs_this_checkout_without_dependencies(tmp_path):
     """Snakemake runs envs/d3s.post-deploy.sh in the new environment: d3s from this checkout
-    (rules/common.smk sets D3S_SOURCE), with --no-deps so pip pulls no PyPI torch over the CUDA one."""
-    script = (REPO / "envs" / "d3s.post-deploy.sh").read_text()
-    assert re.search(r'pip install --no-deps -e "\$source"', script)
+    (rules/common.smk sets D3S_SOURCE), with --no-deps so pip pulls no PyPI torch over the CUDA one,
+    and a note of where it came from. Run here in a bare venv (no torch: its last check fails)."""
+    venv.create(tmp_path / "env", with_pip=True)
+    env = {**os.environ, "PATH": f"{tmp_path / 'env' / 'bin'}{os.pathsep}{os.environ['PATH']}", "D3S_SOURCE": str(REPO)}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(["bash", str(REPO / "envs" / "d3s.post-deploy.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert "No module named 'torch'" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]  # deps: none installed
+    python = tmp_path / "env" / "bin" / "python"
+    where = subprocess.run([python, "-c", "import d3s; print(d3s.__file__)"], capture_output=True, text=True, env=env)
+    assert Path(where.stdout.strip()).resolve() == REPO / "d3s" / "__init__.py"  # editable: this checkout's code
+    assert (tmp_path / "env" / SOURCE_MARKER).read_text().strip() == str(REPO)
     assert 'os.environ.setdefault("D3S_SOURCE", _CHECKOUT)' in (REPO / "rules" / "common.smk").read_text()
+
+
+def test_a_shared_environment_with_another_checkouts_d3s_is_refused(tmp_path, monkeypatch):
+    """Environments are named by their files and --conda-prefix, not the checkout: a second checkout
+    sharing a prefix would run the first one's code. Every d3s command checks the note first."""
+    (tmp_path / SOURCE_MARKER).write_text("/home/me/d3s-old\n")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("D3S_SOURCE", "/home/me/d3s-old")
+    check_installed_source()  # the same checkout: fine
+    monkeypatch.setenv("D3S_SOURCE", "/home/me/d3s-new")
+    result = CliRunner().invoke(main, ["merge", "--shard", "a.h5", "--ipc", "1", "--out", "b.h5"])
+    assert result.exit_code != 0 and "runs d3s from /home/me/d3s-old" in result.output
+    assert "own --conda-prefix" in result.output
+    monkeypatch.delenv("D3S_SOURCE")
+    check_installed_source()  # outside the workflow (by hand): no check
     for smk in (REPO / "rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*"([^"]+)"', smk.read_text()):
             assert (smk.parent / env).resolve() == ENV, f"{smk.name}: every rule runs in envs/d3s.yaml"

@@ -156,12 +156,16 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_a_job_given_a_gpu_that_torch_cannot_see_stops_unless_cpu_was_asked(tmp_path, monkeypatch):
     """SLURM gave the job a GPU (as on the fake-GPU test cluster) but torch sees none, e.g. a
     CPU-only build: `auto` must not quietly train on the CPU; `--device cpu` does on purpose."""
-    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_ID", "D3S_REQUESTED_GPUS"):
         monkeypatch.delenv(name, raising=False)
     args = ("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--epochs", "1", "--threads", "2")
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")  # a CPU job's count: no GPU was given
+    monkeypatch.setenv("D3S_REQUESTED_GPUS", "1")  # a rule's GPU request in a local run (no SLURM job): CPU
     run_cli(*args, "--out", tmp_path / "cpu-job.h5")
-    monkeypatch.setenv("SLURM_STEP_GPUS", "0")  # GPU id 0 was given
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # the same request in a SLURM array task, which sees no GPU variable
+    out = _fails(*args, "--out", tmp_path / "t.h5")
+    assert "SLURM job 7 asked for them: D3S_REQUESTED_GPUS=1" in out and "sees none" in out
+    monkeypatch.setenv("SLURM_STEP_GPUS", "0")  # GPU id 0 was given (a job step)
     out = _fails(*args, "--out", tmp_path / "t.h5")
     assert "SLURM_STEP_GPUS=0" in out and "sees none" in out and "device: cpu" in out
     assert not (tmp_path / "t.h5").exists()

@@ -63,17 +63,8 @@ def _assert_same(a, b):
 
 def test_sigkill_then_restart_gives_the_uninterrupted_result(tiny, reference, tmp_path):
     resume, out = tmp_path / "ckpt", tmp_path / "out.h5"
-    args = _distill_args(tiny, out, "--resume-dir", resume, "--checkpoint-every", "60")
-    proc = _start(args)
-    _wait_for(resume / "state.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
-    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "resuming from" in done.stderr
+    _kill_and_restart(_distill_args(tiny, out, "--resume-dir", resume, "--checkpoint-every", "60"), resume, out)
     _assert_same(reference, load_synthetic(out))  # bit-identical on the CPU
-    assert not resume.exists(), "the checkpoint is removed once the artifact is written"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGURG])  # SLURM's time limit; the profile's warning

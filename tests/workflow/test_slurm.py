@@ -148,7 +148,7 @@ def test_workflow_runs_as_slurm_jobs_with_arrays_and_a_two_gpu_job(slurm_run):
     assert "Submitted array job" in log
     # The 2-GPU teacher job ran the multi-process launch: torchrun, one process per GPU
     teacher_job = next((cluster / "logs/slurm").rglob(f"{jobs['train_teacher'][0]['id']}.log")).read_text()
-    assert "exec torchrun --standalone --nnodes 1 --nproc_per_node 2 -m d3s train-teacher" in teacher_job
+    assert "exec env D3S_REQUESTED_GPUS=2 torchrun --standalone --nnodes 1 --nproc_per_node 2 -m d3s train-teacher" in teacher_job
     teacher_log = next((cluster / "logs/train_teacher").rglob("*.log")).read_text()
     assert "2 processes (gloo)" in teacher_log
     # ...and every number equals the local run's (same 2-process teacher, same 1-thread shards)

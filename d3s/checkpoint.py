@@ -10,8 +10,9 @@ A stop request is SIGTERM (what SLURM sends at a time limit or preemption, KillW
 before SIGKILL), SIGUSR1, or SIGURG: the warning the cluster profile asks SLURM for ahead of
 the time limit (`--signal=URG@<seconds>`). SLURM delivers that warning to every process of
 the job's steps: under the executor plugin that is the job's own `python -m snakemake` and
-torchrun as well as d3s (the rules `exec` d3s: no shell between). SIGURG is ignored by default, so those stay alive and wait,
-while SIGUSR1 would kill them (its default action) and the step with them, d3s mid-checkpoint.
+torchrun as well as d3s (the rules `exec` d3s: no shell between). SIGURG is ignored by
+default, so those stay alive and wait, while SIGUSR1 would kill them (its default action) and
+the step with them, d3s mid-checkpoint.
 The stage then saves a checkpoint at its next safe point (the end of the current distillation
 step, or of the current epoch of a training loop) and exits with code 75 (EX_TEMPFAIL), so
 that Snakemake's --retries or a SLURM requeue runs it again and it resumes. Under torchrun

@@ -11,8 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def hparam(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def hparam(default: Any, help: str, choices: tuple | None = None, schema: dict | None = None, **bounds: Any) -> Any:
+    """A setting: its default, --help text, allowed values and bounds, declared once.
+
+    `bounds` are JSON Schema keywords in snake case (minimum, exclusive_minimum, maximum,
+    exclusive_maximum); `schema` adds or overrides keywords of the rendered schema entry (an
+    array's items, say). The CLI's option types and the workflow's config schema both come
+    from here (d3s.settings renders the schema).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds,
+                                                        "schema": schema or {}})
 
 
 @dataclass

@@ -32,14 +32,10 @@ from typing import Any
 import torch
 
 from .artifacts import code_version
+from .errors import Preempted
 from .runtime import log
 
-EXIT_PREEMPTED = 75
 _stop_signal: list[int] = []
-
-
-class Preempted(Exception):
-    """Raised after a checkpoint was saved because a stop signal arrived."""
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)

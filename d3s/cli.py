@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import D3SError
+from .errors import EXIT_PREEMPTED, D3SError, Preempted
 from .hparams import DistillParams, EvalParams, RealTrainingParams, RelabelParams
 
 
@@ -63,7 +63,7 @@ def _runtime_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, device, threads, channels_last, compile_models, verbose, **kwargs):
         from . import distributed
-        from .checkpoint import EXIT_PREEMPTED, Preempted, install_stop_handlers
+        from .checkpoint import install_stop_handlers
         from .runtime import configure, configure_speed, resolve_device, setup_logging
 
         stage = click.get_current_context().info_name
@@ -81,11 +81,6 @@ def _runtime_options(fn):
             run_on = distributed.init_from_env(resolve_device(device))
             configure_speed(run_on, channels_last, compile_models)
             return fn(*args, device=run_on, threads=threads or 0, **kwargs)
-        except D3SError as e:
-            raise click.ClickException(str(e)) from None
-        except Preempted as e:
-            click.echo(f"Preempted: {e}", err=True)
-            sys.exit(EXIT_PREEMPTED)
         finally:
             distributed.shutdown()
 
@@ -123,11 +118,25 @@ def _data_option(fn):
     )(fn)
 
 
+class StageGroup(click.Group):
+    """The `d3s` group: every command's D3SError becomes a one-line error (exit 1, no traceback) and a
+    stop signal that saved a checkpoint becomes exit 75, here once rather than in each command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except D3SError as e:
+            raise click.ClickException(str(e)) from None
+        except Preempted as e:
+            click.echo(f"Preempted: {e}", err=True)
+            ctx.exit(EXIT_PREEMPTED)
+
+
 existing = click.Path(exists=True, dir_okay=False)
 output = click.Path(dir_okay=False, writable=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="d3s")
 def main():
     """D3S dataset distillation, one command per stage.
@@ -145,10 +154,7 @@ def main():
     """
     from .install import check_installed_source
 
-    try:
-        check_installed_source()
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    check_installed_source()
 
 
 @main.command("pack-index")
@@ -195,10 +201,7 @@ def pack_merge_cmd(parts, out):
     from .runtime import setup_logging
 
     setup_logging()
-    try:
-        merge_packed(list(parts), out)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    merge_packed(list(parts), out)
 
 
 @main.command("dataset-info")
@@ -281,10 +284,7 @@ def fetch_pretrained_cmd(name, out, verbose):
     from .runtime import setup_logging
 
     setup_logging(verbose)
-    try:
-        fetch_pretrained(name, out)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    fetch_pretrained(name, out)
 
 
 @main.command("extract-stats")
@@ -410,10 +410,7 @@ def merge_cmd(shards, ipc, out):
     """Join distillation shards (disjoint blocks of IPC indices x classes of one run) into one images artifact."""
     from .synthetic import merge_synthetic_to
 
-    try:
-        merge_synthetic_to(out, list(shards), ipc)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    merge_synthetic_to(out, list(shards), ipc)
 
 
 @main.command("relabel")
@@ -506,11 +503,8 @@ def summarize_cmd(results, teachers, dataset, select_by, tsv, markdown, sweep_ts
     """
     from .summary import summarize, write_tables
 
-    try:
-        rows, sweep_rows = summarize(list(results), list(teachers), dataset, select_by)
-        write_tables(rows, tsv, markdown, list(teachers), sweep_rows, sweep_tsv)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    rows, sweep_rows = summarize(list(results), list(teachers), dataset, select_by)
+    write_tables(rows, tsv, markdown, list(teachers), sweep_rows, sweep_tsv)
     click.echo(Path(markdown).read_text())
 
 
@@ -531,10 +525,7 @@ def export_cmd(images, labels, fmt, out):
     from .synthetic import load_synthetic
 
     setup_logging()
-    try:
-        path = export(load_synthetic(images), images, fmt, out, labels)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    path = export(load_synthetic(images), images, fmt, out, labels)
     click.echo(f"wrote {path}")
 
 
@@ -545,10 +536,7 @@ def plot_accuracy_cmd(summary, out):
     """Student top-1 against IPC, one line per method, with the full-data and teacher references."""
     from .plots import plot_accuracy
 
-    try:
-        plot_accuracy(summary, out)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    plot_accuracy(summary, out)
 
 
 @main.command("plot-losses")
@@ -561,11 +549,8 @@ def plot_losses_cmd(images, summary, out):
     from .plots import plot_losses
     from .summary import reported_sets
 
-    try:
-        drawn = reported_sets(list(images), summary)
-        plot_losses(drawn, out)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    drawn = reported_sets(list(images), summary)
+    plot_losses(drawn, out)
     for path in drawn:
         click.echo(f"drew the loss curves of {path}")
 
@@ -583,14 +568,11 @@ def plot_images_cmd(images, summary, out, max_classes, max_ipc):
     from .plots import plot_images
     from .summary import reported_sets
 
-    try:
-        drawn = reported_sets(list(images), summary)
-        if len(drawn) != 1:
-            raise D3SError(f"plot-images draws one method and IPC; the images given are {len(drawn)}: "
-                           + ", ".join(drawn))
-        plot_images(drawn[0], out, max_classes, max_ipc)
-    except D3SError as e:
-        raise click.ClickException(str(e)) from None
+    drawn = reported_sets(list(images), summary)
+    if len(drawn) != 1:
+        raise D3SError(f"plot-images draws one method and IPC; the images given are {len(drawn)}: "
+                       + ", ".join(drawn))
+    plot_images(drawn[0], out, max_classes, max_ipc)
     click.echo(f"drew {drawn[0]}")
 
 

@@ -182,7 +182,7 @@ def test_two_process_student_checkpoints_by_time_and_resumes_after_sigterm(tiny,
     import json
     import signal
 
-    from d3s.checkpoint import EXIT_PREEMPTED
+    from d3s.errors import EXIT_PREEMPTED
 
     def args(out, *extra):
         return ["evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,

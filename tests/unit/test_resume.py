@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from d3s.checkpoint import EXIT_PREEMPTED
+from d3s.errors import EXIT_PREEMPTED
 from d3s.synthetic import load_synthetic
 
 from ..conftest import run_cli

@@ -8,7 +8,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless whole configs are given with --configfile (config/presets/<name>.yaml):
+# those replace it, so a preset never inherits the digits run's CPU-sized schedules.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

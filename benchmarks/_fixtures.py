@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from d3s.artifacts.stats import LayerStats
+from d3s.artifacts.teacher import Teacher, weights_digest
+from d3s.bn_inputs import BNInputRecorder
 from d3s.models import build_model
-from d3s.stats import BNInputRecorder, LayerStats
-from d3s.teacher import Teacher, weights_digest
 
 
 def random_teacher(arch: str = "convnet3", classes: int = 10, channels: int = 3, size: int = 32) -> Teacher:

@@ -38,14 +38,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fixtures import random_teacher  # noqa: E402
 
+from d3s.artifacts.images import SyntheticSet  # noqa: E402
+from d3s.bn_inputs import BNInputRecorder  # noqa: E402
 from d3s.data import ArrayImageDataset  # noqa: E402
 from d3s.distill import GaussianMatching, RunningStatsMatching, Synthesis  # noqa: E402
 from d3s.evaluate import train_student  # noqa: E402
 from d3s.hparams import DistillParams, EvalParams, RelabelParams  # noqa: E402
 from d3s.relabel import generate_soft_labels  # noqa: E402
 from d3s.runtime import configure_speed, generator, prepare_input, prepare_model, resolve_device  # noqa: E402
-from d3s.stats import BNInputRecorder, extract_stats  # noqa: E402
-from d3s.synthetic import SyntheticSet  # noqa: E402
+from d3s.stats import extract_stats  # noqa: E402
 from d3s.training import accuracy  # noqa: E402
 
 # (label, architecture, pixels, classes, batch, steps): steps are the extra steps each timing adds

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from _peak_rss import d3s, peak_rss_mb  # noqa: E402
 
-from d3s.synthetic import MERGE_BLOCK_BYTES, SyntheticSet, _block_rows, image_chunks, save_synthetic
+from d3s.artifacts.images import MERGE_BLOCK_BYTES, SyntheticSet, _block_rows, image_chunks, save_synthetic
 
-BASELINE = "import d3s.cli, d3s.synthetic"  # what `d3s merge` imports before it reads a byte
+BASELINE = "import d3s.cli, d3s.artifacts.images"  # what `d3s merge` imports before it reads a byte
 
 
 
@@ -39,7 +38,7 @@ def write_set(folder: Path, classes: int, ipc: int, shards: int, size: int, rng)
     paths = []
     for k, (c0, c1) in enumerate(zip(bounds[:-1], bounds[1:])):
         ipc_index, labels = (a.ravel() for a in np.meshgrid(np.arange(ipc), np.arange(c0, c1), indexing="ij"))
-        block = f"ipc0-{ipc}_c{c0}-{c1}"
+        block = f"i0-{ipc}_c{c0}-{c1}"
         s = SyntheticSet(images=rng.integers(0, 256, (len(labels), size, size, 3), dtype=np.uint8),
                          labels=labels.astype(np.int64), ipc_index=ipc_index.astype(np.int64), classes=names,
                          method="d3s", teachers=["abc"], norm_mean=[0.485, 0.456, 0.406], norm_std=[0.229, 0.224, 0.225],

@@ -41,14 +41,13 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.imagenet_like import CIFAR, make_imagenet_like  # noqa: E402
-
-from d3s.data import DatasetSpec  # noqa: E402
+from d3s.dataset_spec import DatasetSpec  # noqa: E402
 from d3s.models import build_model  # noqa: E402
-from d3s.runtime import configure_speed, resolve_device  # noqa: E402
 from d3s.prepare import merge_packed, pack_part, write_index  # noqa: E402
+from d3s.runtime import configure_speed, resolve_device  # noqa: E402
 from d3s.stats import run_extract_stats  # noqa: E402
 from d3s.teacher import import_teacher, load_teacher  # noqa: E402
+from tests.imagenet_like import CIFAR, make_imagenet_like  # noqa: E402
 
 IMAGE_SIZE, EVAL_RESIZE = 224, 256
 # (width, height): ImageNet's commonest shapes (its mean image is about 400 x 350)

@@ -41,9 +41,12 @@ from typing import NamedTuple
 
 import yaml
 
+from d3s.methods import get_method, synthesising_methods
+from d3s.settings import distill_settings
+from d3s.shard import Shard, plan_shards
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"
-BASE_CONFIG = REPO / "config" / "config.yaml"
 DEFAULT_PRESETS = [REPO / "config" / "presets" / f"{n}.yaml" for n in ("imagenet1k", "imagenet21k", "imagenet21k_p")]
 
 
@@ -190,35 +193,20 @@ def fill_defaults(schema: dict, instance, root: dict | None = None):
     return instance
 
 
-def load_config(preset: Path, base: Path | None = BASE_CONFIG, schema_path: Path = SCHEMA) -> dict:
-    config = yaml.safe_load(base.read_text()) if base and base.exists() else {}
-    config = merge(config, yaml.safe_load(Path(preset).read_text()))
-    config = fill_defaults(yaml.safe_load(schema_path.read_text()), config)
+def load_config(preset: Path, schema_path: Path = SCHEMA) -> dict:
+    """A preset as the workflow reads it: a whole config (it replaces config/config.yaml), defaults filled in."""
+    config = fill_defaults(yaml.safe_load(schema_path.read_text()), yaml.safe_load(Path(preset).read_text()))
     config["distill_by_ipc"] = {str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()}
     return config
 
 
 # ------------------------------------------------------------------------------------------------
-# The DAG's shape (rules/common.smk shard_ranges, class_blocks, teacher_ids) and artifact sizes
-
-
-def shard_ranges(ipc: int, per_shard: int) -> list[tuple[int, int]]:
-    return [(a, min(a + per_shard, ipc)) for a in range(0, ipc, per_shard)]
-
-
-def class_blocks(num_classes: int, per_shard: int) -> list[tuple[int, int]]:
-    if not per_shard:
-        return [(0, num_classes)]
-    return [(a, min(a + per_shard, num_classes)) for a in range(0, num_classes, per_shard)]
+# The DAG's shape (shards: d3s.shard.plan_shards, as the rules; common.smk teacher_ids) and artifact sizes
 
 
 def teacher_archs(config: dict) -> list[str]:
     t = config["teachers"]
     return [a for a in t["archs"] for _ in t["seeds"]] + [p["arch"] for p in t["pretrained"]]
-
-
-def distill_settings(config: dict, ipc: int) -> dict:
-    return {**config["distill"], **config["distill_by_ipc"].get(str(ipc), {})}
 
 
 def image_bytes(n: int, side: int, channels: int = 3) -> int:
@@ -382,7 +370,7 @@ def gpu_check_throughput(doc: dict, side: int, source: str = "gpu_check JSON") -
     train = {k: v * scale for k, v in pick("train_fp32_img_s", "train_bf16_img_s").items()}
     relabel = {k: v * scale for k, v in pick("relabel_fp32_img_s", "relabel_bf16_img_s").items()}
     steps = {m: {k: v / 1e3 / fig["batch"] / scale for k, v in pick(f"{m}_step_fp32_ms", f"{m}_step_bf16_ms").items()}
-             for m in ("d3s", "sre2l")}
+             for m in synthesising_methods()}
     where = f"measured: {source} ({doc.get('device', '?')}), case '{fig['case']}' {fig['arch']} {fig['pixels']} px, " \
             f"{fig['classes']} classes, batch {fig['batch']}"
     sources = [("all", where)]
@@ -432,7 +420,7 @@ def context(config: dict, sizes: dict, throughput: dict) -> dict:
         "packed_mb": packed_size / 2**20 if packed_size is not None else None,
         "dec": 0 if packed or not decoding else 1,  # JPEG decodes per real image read outside pack_part
         "archs": teacher_archs(config), "methods": methods,
-        "synth": [m for m in methods if m in ("d3s", "sre2l")], "per_ipc": [m for m in methods if m != "full"],
+        "synth": [m for m in methods if get_method(m).synthesises], "per_ipc": [m for m in methods if get_method(m).per_ipc],
         "gpu": config["device"] != "cpu",  # common.smk gpu_count(): 0 only for device: cpu
         "base_mb": torch_mb(config["device"] != "cpu"),
     }
@@ -469,7 +457,7 @@ def teacher_rows(ctx: dict) -> list[dict]:
     rows = [plan_stage("dataset_info", 1, read=n_train if computes_norm else 0, decodes=dec * n_train if computes_norm else 0,
                        written=RESULT_JSON_BYTES + 16 * classes, ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2)))]
     file_bytes = max([4 * params(a, classes, side, ctx["channels"]) for a in ctx["archs"]] or [0])
-    t = config["teacher"]
+    t = config["teacher_training"]
     trained = len(config["teachers"]["archs"]) * len(config["teachers"]["seeds"])
     if trained:
         epoch_s = n_train / tp["train_img_s"][t["precision"]]
@@ -477,7 +465,7 @@ def teacher_rows(ctx: dict) -> list[dict]:
         reads = trained * (t["epochs"] * n_train + n_val)
         rows.append(plan_stage("train_teacher", trained, read=reads, decodes=dec * reads, passes=reads,
                                written=trained * file_bytes,
-                               ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, "teacher", test=True)),
+                               ram_mb=job_mb(ctx["base_mb"], _data(ctx, 2), batch_mb(ctx, "teacher_training", test=True)),
                                gpu_hours=trained * job_h, job_hours=job_h,
                                checkpoint_bytes=2 * file_bytes,  # weights + SGD momentum
                                checkpoints_per_h=_ckpt(config, "teacher", epoch_s, job_h * 3600)))
@@ -504,16 +492,17 @@ def stats_rows(ctx: dict) -> list[dict]:
                        job_hours=job_h)]
 
 
-def shard_job(ctx: dict, method: str, ipc: int, ipcs: tuple[int, int], classes: tuple[int, int]) -> dict:
+def shard_job(ctx: dict, method: str, ipc: int, shard: Shard) -> dict:
     """One distill_shard job: its images, image-steps, seconds, host RAM and checkpoint."""
     config, side, channels, archs = ctx["config"], ctx["side"], ctx["channels"], ctx["archs"]
+    ipcs, block = (shard.ipc_start, shard.ipc_end), shard.classes(ctx["classes"])
     s = distill_settings(config, ipc)
     k = 1 if s.get("teacher_mode") == "round_robin" else len(archs)  # teacher forwards per step
     step_s = ctx["tp"]["step_s_per_image"][method][s["precision"]] * k
-    n = (ipcs[1] - ipcs[0]) * (classes[1] - classes[0])
+    n = shard.ipc_count * len(block)
     stats_mb = sum(stats_bytes(a, side) for a in archs) / 2**20 if method == "d3s" else 0
     # common.smk: a shard of all classes is sized with num_classes, or 1000 when unset
-    ram_classes = classes[1] - classes[0] if config["classes_per_shard"] else ctx["entry"].get("num_classes", 1000)
+    ram_classes = len(block) if config["classes_per_shard"] else ctx["entry"].get("num_classes", 1000)
     init_mb = _data(ctx, 1) if s["init"] == "real" else 0
     ckpt = 3 * 4 * n * channels * side * side  # fp32 pixels + Adam's two moments
     if method == "d3s" and archs:
@@ -529,8 +518,8 @@ def distill_rows(ctx: dict) -> list[dict]:
     """distill_shard per (method, IPC range, class block), merge_shards per (method, IPC); select_real per IPC."""
     config, side, channels, classes = ctx["config"], ctx["side"], ctx["channels"], ctx["classes"]
     rows = []
-    jobs = [shard_job(ctx, m, ipc, r, b) for m in ctx["synth"] for ipc in config["ipcs"]
-            for r in shard_ranges(ipc, config["ipc_per_shard"]) for b in class_blocks(classes, config["classes_per_shard"])]
+    jobs = [shard_job(ctx, m, ipc, shard) for m in ctx["synth"] for ipc in config["ipcs"]
+            for shard in plan_shards(ipc, config["ipc_per_shard"], classes, config["classes_per_shard"])]
     if jobs:
         longest = max(jobs, key=lambda j: j["seconds"])
         read = sum(j["read"] for j in jobs)
@@ -726,13 +715,12 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--preset", action="append", type=Path, help="a preset YAML (repeatable; default: "
                     + ", ".join(p.stem for p in DEFAULT_PRESETS) + ")")
     ap.add_argument("--gpu-json", type=Path, help="figures written by benchmarks/gpu_check.py --json")
-    ap.add_argument("--no-base", action="store_true", help="plan the preset alone, without config/config.yaml under it")
     ap.add_argument("--json", type=Path, help="also write the plans here")
     args = ap.parse_args(argv)
     gpu_doc = json.loads(args.gpu_json.read_text()) if args.gpu_json else None
     plans, texts = [], []
     for preset in args.preset or DEFAULT_PRESETS:
-        config = load_config(preset, base=None if args.no_base else BASE_CONFIG)
+        config = load_config(preset)
         name = config["dataset"]
         if name not in SIZES:
             raise SystemExit(f"scale_plan: no published size for dataset '{name}' ({preset}); add it to SIZES")
@@ -742,7 +730,6 @@ def main(argv=None) -> list[dict]:
                       else published_throughput(side, classes))
         p = plan(config, SIZES, throughput)
         p["preset"] = str(preset)
-        p["base_config"] = None if args.no_base else str(BASE_CONFIG.relative_to(REPO))
         plans.append(p)
         texts.append(render(p, Path(preset).name))
     print(("\n\n").join(texts))

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from _peak_rss import d3s, peak_rss_mb  # noqa: E402
 
 BASELINE = "import torch, timm, h5py, d3s.cli, d3s.relabel, d3s.evaluate"  # what the jobs import before reading data
@@ -103,7 +102,7 @@ def make_teacher(work: Path, arch: str, spec: str, classes: int, size: int) -> P
 
 
 def write_set(path: Path, kind: str, target_mb: float, classes: list[str], size: int, teacher_sha: str, rng) -> int:
-    from d3s.synthetic import SyntheticSet, save_synthetic
+    from d3s.artifacts.images import SyntheticSet, save_synthetic
 
     row = size * size * 3
     ipc = max(1, round(target_mb * 2**20 / (len(classes) * row)))

@@ -19,17 +19,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fixtures import random_teacher, real_like_stats  # noqa: E402
 
+from d3s.bn_inputs import BNInputRecorder  # noqa: E402
 from d3s.distill import distill  # noqa: E402
 from d3s.gaussian import feature_moments, gaussian_kl, gaussian_target  # noqa: E402
 from d3s.hparams import DistillParams  # noqa: E402
 from d3s.runtime import resolve_device  # noqa: E402
-from d3s.stats import BNInputRecorder  # noqa: E402
+from d3s.shard import Shard  # noqa: E402
 
 
 def run(method, teacher, stats, params, device) -> float:
     t0 = time.perf_counter()
-    distill([teacher], [stats] if method == "d3s" else None, "positions", 0, params.batch_size // len(teacher.classes),
-            params, 0, device, method=method)
+    distill([teacher], [stats] if method == "d3s" else None, "positions",
+            Shard(0, params.batch_size // len(teacher.classes)), params, 0, device, method=method)
     return time.perf_counter() - t0
 
 

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from .artifacts import check_same_classes
-from .data import DatasetSpec, load_dataset
+from .artifacts.images import SyntheticSet, load_synthetic
+from .artifacts.teacher import Teacher
+from .data import load_dataset
+from .dataset_spec import DatasetSpec
 from .errors import D3SError
 from .runtime import generator
-from .synthetic import SyntheticSet
-from .teacher import Teacher
+from .shard import Shard
 from .transforms import resize_uint8
 
 
@@ -53,6 +55,22 @@ def real_images(data, chosen: list[np.ndarray], slots: list[tuple[int, int]], im
     return out
 
 
+def initial_images(init: str, teachers: list[Teacher], shard: Shard, seed: int, data: str | None,
+                   init_images: str | None) -> torch.Tensor | None:
+    """The starting pixels `distill --init` asks for: none for noise, the random baseline's images of the
+    shard's slots for real (from the dataset spec `data`), a coreset's for herding / kcenter."""
+    slots = shard.slots(len(teachers[0].classes))
+    if init == "real":
+        if data is None:
+            raise D3SError("distill: --init real needs --data (the dataset to take the starting images from)")
+        return initial_real_images(DatasetSpec.parse(data), teachers, slots, seed)
+    if init != "noise":
+        if init_images is None:
+            raise D3SError(f"distill: --init {init} needs --init-images (the {init} selection's images artifact)")
+        return initial_coreset_images(init_images, teachers, slots, init)
+    return None
+
+
 def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[tuple[int, int]], seed: int) -> torch.Tensor:
     """Starting pixels for `distill --init real`: the random baseline's images of the same slots."""
     data = load_dataset(spec, splits=("train",))
@@ -64,8 +82,6 @@ def initial_real_images(spec: DatasetSpec, teachers: list[Teacher], slots: list[
 
 def initial_coreset_images(path: str, teachers: list[Teacher], slots: list[tuple[int, int]], selection: str) -> torch.Tensor:
     """Starting pixels for `distill --init herding|kcenter`: that selection's images of the same slots."""
-    from .synthetic import load_synthetic
-
     s = load_synthetic(path)
     t0 = teachers[0]
     if s.method != selection:

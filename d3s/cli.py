@@ -16,7 +16,8 @@ import click
 
 from . import __version__
 from .errors import EXIT_PREEMPTED, D3SError, Preempted
-from .hparams import DistillParams, EvalParams, RealTrainingParams, RelabelParams
+from .hparams import DistillParams, EvalParams, RealTrainingParams, RelabelParams, StatsParams
+from .methods import get_method, synthesising_methods
 
 
 def _hparam_options(cls):
@@ -29,11 +30,25 @@ def _hparam_options(cls):
             if isinstance(f.default, bool):
                 fn = click.option(f"--{name}/--no-{name}", f.name, default=f.default, show_default=True, help=help_text)(fn)
             else:
-                ftype = click.Choice(f.metadata["choices"]) if f.metadata.get("choices") else type(f.default)
-                fn = click.option(f"--{name}", f.name, type=ftype, default=f.default, show_default=True, help=help_text)(fn)
+                fn = click.option(f"--{name}", f.name, type=_option_type(f), default=f.default, show_default=True,
+                                  help=help_text)(fn)
         return fn
 
     return deco
+
+
+def _option_type(field: dataclasses.Field):
+    """A setting's click type: its choices, or its number type within its declared bounds."""
+    meta = field.metadata
+    if meta.get("choices"):
+        return click.Choice(meta["choices"])
+    bounds = meta.get("bounds", {})
+    if not bounds or type(field.default) not in (int, float):
+        return type(field.default)
+    lower = bounds.get("minimum", bounds.get("exclusive_minimum"))
+    upper = bounds.get("maximum", bounds.get("exclusive_maximum"))
+    ranged = click.IntRange if type(field.default) is int else click.FloatRange
+    return ranged(lower, upper, min_open="exclusive_minimum" in bounds, max_open="exclusive_maximum" in bounds)
 
 
 def _take(cls, kwargs: dict):
@@ -168,7 +183,7 @@ def pack_index_cmd(data, seed, out, device, threads):
     The first of the three packing steps (pack-index -> pack per part -> pack-merge); the only
     one that walks the image folder.
     """
-    from .data import DatasetSpec
+    from .dataset_spec import DatasetSpec
     from .prepare import write_index
 
     write_index(DatasetSpec.parse(data), out, seed)
@@ -213,8 +228,8 @@ def dataset_info_cmd(data, out, device, threads):
 
     Mean/std come from the spec when it gives them, else one streamed pass over the training split.
     """
-    from .data import DatasetSpec
     from .dataset_info import write_dataset_info
+    from .dataset_spec import DatasetSpec
 
     write_dataset_info(DatasetSpec.parse(data), out, threads)
 
@@ -234,7 +249,7 @@ def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every,
     Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
     order and training loss curve.
     """
-    from .data import DatasetSpec
+    from .dataset_spec import DatasetSpec
     from .teacher import train_teacher
 
     train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info,
@@ -257,7 +272,7 @@ def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, th
     Checks class count and order against the dataset, records the checkpoint's accuracy on the
     dataset's test split, and writes the same teacher artifact as train-teacher.
     """
-    from .data import DatasetSpec
+    from .dataset_spec import DatasetSpec
     from .teacher import import_teacher
 
     import_teacher(DatasetSpec.parse(data), arch, checkpoint, out, device, threads, info, class_list)
@@ -290,38 +305,30 @@ def fetch_pretrained_cmd(name, out, verbose):
 @main.command("extract-stats")
 @click.option("--teacher", required=True, type=existing, help="teacher artifact (.h5)")
 @_data_option
-@click.option("--pooling", type=click.Choice(["positions", "image"]), default="positions",
-              help="positions: every (image, h, w) is a sample; image: one spatially averaged vector per image")
-@click.option("--batch-size", type=int, default=256, help="images per forward pass")
-@click.option("--views", type=click.IntRange(min=0), default=0,
-              help="0: each training image as it is; k: k random-resized-crop (+flip) views of each, the "
-                   "augmentation distillation renders its images with")
-@click.option("--crop-scale-min", type=click.FloatRange(0, 1, min_open=True), default=0.5,
-              help="with --views: smallest crop area fraction (as distill's)")
 @click.option("--seed", type=int, default=0, help="with --views: seed of the views")
 @click.option("--out", required=True, type=output, help="statistics artifact to write (.h5)")
+@_hparam_options(StatsParams)
 @_resume_options("stats", 1000, "batches")
 @_runtime_options
-def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min, seed, out, resume_dir,
-                      checkpoint_every, checkpoint_minutes, device, threads):
+def extract_stats_cmd(teacher, data, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Mean and full covariance of every BatchNorm input of TEACHER over the real training set."""
-    from .data import DatasetSpec
+    from .artifacts.teacher import load_teacher
+    from .dataset_spec import DatasetSpec
     from .stats import run_extract_stats
-    from .teacher import load_teacher
 
-    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), pooling, batch_size, out, device, threads,
-                      views, crop_scale_min, seed, resume_dir, checkpoint_every, checkpoint_minutes)
+    p = _take(StatsParams, kw)
+    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), p.pooling, p.batch_size, out, device,
+                      threads, p.views, p.crop_scale_min, seed, resume_dir, checkpoint_every, checkpoint_minutes)
 
 
 @main.command("distill")
 @click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat for several")
 @click.option("--stats", "stats", multiple=True, type=existing, help="d3s: statistics artifact of each --teacher, same order")
-@click.option("--method", type=click.Choice(["d3s", "sre2l"]), default="d3s",
-              help="d3s: match full-covariance Gaussians of the real data; sre2l: the SRe2L baseline (BN running stats)")
-@click.option("--ipc-start", type=int, default=0, help="first IPC index of this shard")
-@click.option("--ipc-end", type=int, required=True, help="one past the last IPC index of this shard")
-@click.option("--class-start", type=int, default=0, help="first class (label index) of this shard")
-@click.option("--class-end", type=int, default=None, help="one past the last class of this shard (default: all)")
+@click.option("--method", type=click.Choice(synthesising_methods()), default="d3s",
+              help="; ".join(f"{m}: {get_method(m).description}" for m in synthesising_methods()))
+@click.option("--shard", "shard", required=True, metavar="SHARD",
+              help="which images: i<first>-<end>_c<classes> IPC indices of classes 'all' or <first>-<end>, e.g. "
+                   "i0-10_call (IPC 10 of every class), i5-10_c0-100 (IPC indices 5..9 of classes 0..99)")
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
 @click.option("--data", default=None, metavar="SPEC", help="dataset spec (as train-teacher's); needed by --init real")
 @click.option("--init-images", type=existing, default=None,
@@ -330,47 +337,35 @@ def extract_stats_cmd(teacher, data, pooling, batch_size, views, crop_scale_min,
 @_hparam_options(DistillParams)
 @_resume_options("distill", 500, "optimisation steps")
 @_runtime_options
-def distill_cmd(teachers, stats, method, ipc_start, ipc_end, class_start, class_end, seed, data, init_images, out, resume_dir,
-                checkpoint_every, checkpoint_minutes, device, threads, **kw):
-    """Synthesise images IPC_START..IPC_END-1 of every class (or of a class block) with the D3S objective.
+def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, resume_dir, checkpoint_every,
+                checkpoint_minutes, device, threads, **kw):
+    """Synthesise the images of one SHARD (IPC indices x classes) with the D3S objective (or --method's).
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
     plus cross-entropy; writes uint8 images, labels and the loss curve.
     """
+    from .artifacts.images import save_synthetic
+    from .artifacts.stats import load_stats, stats_pooling
+    from .artifacts.teacher import load_teachers
+    from .baselines import initial_images
     from .checkpoint import Checkpointer
-    from .distill import distill, shard_slots
-    from .stats import load_stats, stats_pooling
-    from .synthetic import save_synthetic
-    from .teacher import load_teachers
+    from .distill import distill
+    from .shard import Shard
 
-    if method == "d3s" and len(teachers) != len(stats):
+    shard = Shard.parse(shard)
+    needs_stats = get_method(method).needs_stats
+    if needs_stats and len(teachers) != len(stats):
         raise D3SError(f"distill: {len(teachers)} --teacher but {len(stats)} --stats; give one statistics file per teacher")
     loaded = load_teachers(list(teachers), device)
-    layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if method == "d3s" else None
-    pooling = stats_pooling(list(stats)) if method == "d3s" else "positions"
+    layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if needs_stats else None
+    pooling = stats_pooling(list(stats)) if needs_stats else "positions"
     params = _take(DistillParams, kw)
     checkpoint = Checkpointer(resume_dir, {
         "stage": "distill", "method": method, "params": dataclasses.asdict(params), "pooling": pooling, "seed": seed,
-        "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes,
-        "shard": [ipc_start, ipc_end, class_start, class_end],
+        "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes, "shard": str(shard),
     }, checkpoint_every, checkpoint_minutes)
-    start_pixels = None
-    last = len(loaded[0].classes) if class_end is None else class_end
-    if params.init == "real":
-        from .baselines import initial_real_images
-        from .data import DatasetSpec
-
-        if data is None:
-            raise D3SError("distill: --init real needs --data (the dataset to take the starting images from)")
-        start_pixels = initial_real_images(DatasetSpec.parse(data), loaded, shard_slots(ipc_start, ipc_end, class_start, last), seed)
-    elif params.init != "noise":
-        from .baselines import initial_coreset_images
-
-        if init_images is None:
-            raise D3SError(f"distill: --init {params.init} needs --init-images (the {params.init} selection's images artifact)")
-        start_pixels = initial_coreset_images(init_images, loaded, shard_slots(ipc_start, ipc_end, class_start, last), params.init)
-    result = distill(loaded, layer_stats, pooling, ipc_start, ipc_end, params, seed, device,
-                     class_start, class_end, method, checkpoint, start_pixels)
+    start_pixels = initial_images(params.init, loaded, shard, seed, data, init_images)
+    result = distill(loaded, layer_stats, pooling, shard, params, seed, device, method, checkpoint, start_pixels)
     result.inputs["stats"] = list(stats)
     save_synthetic(out, result)
     checkpoint.clear()
@@ -393,10 +388,10 @@ def select_real_cmd(data, teachers, ipc, selection, seed, out, device, threads):
     Greedy coresets are nested like the random picks: IPC 10's set extends IPC 1's. Writes the
     same images artifact as distill/merge, so relabel and evaluate treat it alike.
     """
+    from .artifacts.images import save_synthetic
+    from .artifacts.teacher import load_teachers
     from .baselines import select_real
-    from .data import DatasetSpec
-    from .synthetic import save_synthetic
-    from .teacher import load_teachers
+    from .dataset_spec import DatasetSpec
 
     save_synthetic(out, select_real(DatasetSpec.parse(data), load_teachers(list(teachers), device), ipc, seed, selection,
                                     device, threads))
@@ -408,7 +403,7 @@ def select_real_cmd(data, teachers, ipc, selection, seed, out, device, threads):
 @click.option("--out", required=True, type=output, help="merged images artifact to write (.h5)")
 def merge_cmd(shards, ipc, out):
     """Join distillation shards (disjoint blocks of IPC indices x classes of one run) into one images artifact."""
-    from .synthetic import merge_synthetic_to
+    from .artifacts.images import merge_synthetic_to
 
     merge_synthetic_to(out, list(shards), ipc)
 
@@ -423,9 +418,9 @@ def merge_cmd(shards, ipc, out):
 @_runtime_options
 def relabel_cmd(images, teachers, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
     """Soft labels per (epoch, image): a seeded crop/flip view and the teachers' mean logits (fp16)."""
+    from .artifacts.images import load_synthetic
+    from .artifacts.teacher import load_teachers
     from .relabel import generate_soft_labels
-    from .synthetic import load_synthetic
-    from .teacher import load_teachers
 
     generate_soft_labels(load_teachers(list(teachers), device), load_synthetic(images), images,
                          _take(RelabelParams, kw), seed, out, device, resume_dir, checkpoint_every, checkpoint_minutes)
@@ -447,9 +442,9 @@ def relabel_cmd(images, teachers, seed, out, resume_dir, checkpoint_every, check
 def evaluate_cmd(images, labels, data, student, seed, dataset_name, variant, out, resume_dir, checkpoint_every, checkpoint_minutes,
                  device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
-    from .data import DatasetSpec
+    from .artifacts.images import load_synthetic
+    from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate
-    from .synthetic import load_synthetic
 
     spec = DatasetSpec.parse(data)
     run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
@@ -476,9 +471,9 @@ def evaluate_full_cmd(data, teachers, student, seed, dataset_name, variant, out,
 
     Soft mode uses the teachers' mean logits on each augmented batch (online); hard mode the labels.
     """
-    from .data import DatasetSpec
+    from .artifacts.teacher import load_teachers
+    from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate_full
-    from .teacher import load_teachers
 
     spec = DatasetSpec.parse(data)
     run_evaluate_full(load_teachers(list(teachers), device), spec, student, _take(EvalParams, kw), seed, out, device,
@@ -520,9 +515,9 @@ def export_cmd(images, labels, fmt, out):
 
     Images go class-major (class 0's IPC images, then class 1's), classes in the artifact's order.
     """
+    from .artifacts.images import load_synthetic
     from .export import export
     from .runtime import setup_logging
-    from .synthetic import load_synthetic
 
     setup_logging()
     path = export(load_synthetic(images), images, fmt, out, labels)

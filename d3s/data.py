@@ -1,118 +1,31 @@
 """Dataset sources: a dataset spec from config becomes train/test splits of uint8 images.
 
-A spec is a small dict (``source`` plus that source's options); adding a dataset is adding a
-config entry, never code. Every split yields ``(uint8 tensor [C, S, S], int label)`` items;
-normalisation and augmentation happen later on whole batches (see ``transforms``), on the
-device. Large sources (``hdf5``, ``imagefolder``) are read lazily, so memory does not grow with
-the number of images.
+A spec is a small dict (``source`` plus that source's options, see ``dataset_spec``); adding a
+dataset is adding a config entry, never code. Every split yields ``(uint8 tensor [C, S, S], int
+label)`` items; normalisation and augmentation happen later on whole batches (see
+``transforms``), on the device. Large sources (``hdf5``, ``imagefolder``) are read lazily, so
+memory does not grow with the number of images.
 
-Sources:
-  digits       scikit-learn's bundled 8x8 digits (no download; the embedded default)
-  hdf5         train/images uint8 [N,H,W,C], train/labels, test/..., attribute classes
-  torchvision  CIFAR10, CIFAR100, MNIST, FashionMNIST from their standard folders under `root`
-  imagefolder  `root`/train/<class>/*.jpg and a validation split: class folders, Tiny-ImageNet's
-               val/images + val_annotations.txt, or a flat folder with a label file
+The sources (digits, hdf5, torchvision, imagefolder) are registered in ``d3s.sources``, each
+naming its loader here (``load_<source>``); ``load_dataset`` dispatches through that registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import Dataset
 
+from .dataset_spec import DatasetSpec
 from .errors import D3SError
 from .runtime import log, to_device
+from .sources import get_source
 from .transforms import resize_uint8
 
-SOURCES = ("digits", "hdf5", "torchvision", "imagefolder")
-TORCHVISION_DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPEG")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the config says about one dataset (see config/schema/config.schema.yaml)."""
-
-    name: str
-    source: str
-    path: str | None = None  # hdf5: the .h5 file
-    root: str | None = None  # torchvision / imagefolder: the dataset folder
-    torchvision_name: str | None = None  # torchvision: CIFAR10, CIFAR100, MNIST, FashionMNIST
-    download: bool = False  # torchvision: fetch into root if missing (needs network)
-    train_dir: str = "train"  # imagefolder
-    val_dir: str = "val"  # imagefolder
-    val_labels: str | None = None  # imagefolder, flat val/: file of "<file name> <class name or index>" lines
-    class_list: str | None = None  # imagefolder: file with one class (folder) name per line, in label order
-    channels: int | None = None  # imagefolder: 1 (grayscale) or 3 (RGB); default 3
-    image_size: int | None = None  # resize to this many pixels a side; None keeps the native size
-    # imagefolder: the evaluation protocol "Resize(eval_resize) -> CenterCrop(image_size)" for the test split;
-    # training images keep eval_resize x eval_resize so random-resized crops see the whole stored image
-    eval_resize: int | None = None
-    pack: bool | None = None  # workflow: pack the source into one HDF5 file first (None: when num_classes >= 100)
-    hflip: bool = True  # horizontal flips are label-preserving (not for digits)
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range for real-data training
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    test_fraction: float = 0.2  # digits only: it ships without a test split
-    split_seed: int = 0  # digits' train/test split, and every source's validation split
-    val_per_class: int = 0  # training images per class held out as the validation split (0: none)
-    num_classes: int | None = None  # optional; lets the workflow plan class-block shards; checked against the data
-    memory_limit_mb: int = 2048  # hdf5: a split up to this size is loaded into memory, a larger one streamed
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "dataset spec") -> "DatasetSpec":
-        d = dict(d)
-        source = d.get("source")
-        if source is None:
-            raise D3SError(f"{where}: missing key 'source' (one of {', '.join(SOURCES)})")
-        if source not in SOURCES:
-            raise D3SError(f"{where}: source {source!r} is not one of {', '.join(SOURCES)}")
-        needs = {"hdf5": ("path",), "torchvision": ("root", "torchvision_name"), "imagefolder": ("root", "image_size")}
-        for key in needs.get(source, ()):
-            if not d.get(key):
-                raise D3SError(f"{where}: source '{source}' needs the key '{key}'")
-        if d.get("eval_resize") is not None and source != "imagefolder":
-            raise D3SError(f"{where}: eval_resize applies to imagefolder sources (decoded images); "
-                           f"source '{source}' has fixed-size images")
-        if d.get("eval_resize") is not None and d.get("image_size") and d["eval_resize"] < d["image_size"]:
-            raise D3SError(f"{where}: eval_resize {d['eval_resize']} is smaller than image_size {d['image_size']} "
-                           "(the test crop must fit inside the resized image)")
-        if source == "torchvision" and d["torchvision_name"] not in TORCHVISION_DATASETS:
-            raise D3SError(f"{where}: torchvision_name {d['torchvision_name']!r} is not one of {', '.join(TORCHVISION_DATASETS)}")
-        known = set(cls.__dataclass_fields__) - {"extra"}
-        kwargs = {k: d.pop(k) for k in list(d) if k in known}
-        kwargs.setdefault("name", kwargs.get("source"))
-        for key in ("crop_scale", "mean", "std"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(float(v) for v in kwargs[key])
-        if d:
-            raise D3SError(f"{where}: unknown key(s) {', '.join(sorted(d))} (known: {', '.join(sorted(known))})")
-        return cls(**kwargs)
-
-    @classmethod
-    def parse(cls, text: str) -> "DatasetSpec":
-        """A spec given on the command line: a YAML/JSON mapping, or the path of a YAML file holding one."""
-        where = "--data"
-        if text and Path(text).is_file():
-            where = text
-            text = Path(text).read_text()
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise D3SError(f"{where}: not valid YAML/JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise D3SError(f"{where}: expected a mapping like '{{source: digits}}', got {text!r}")
-        return cls.from_dict(d, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
 
 class ArrayImageDataset(Dataset):
@@ -317,8 +230,9 @@ def load_dataset(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedD
         raise ValueError(f"load_dataset: unknown split(s) {sorted(unknown)}")
     carve = spec.val_per_class > 0 and ("train" in splits or "val" in splits)
     source_splits = tuple(s for s in SPLITS if s in splits or (s == "train" and carve))
-    loader = {"digits": _digits, "hdf5": _hdf5, "torchvision": _torchvision, "imagefolder": _imagefolder}[spec.source]
-    data = loader(spec) if spec.source in ("digits", "torchvision") else loader(spec, source_splits)
+    source = get_source(spec.source, f"dataset '{spec.name}'")
+    loader = source.resolve_loader()
+    data = loader(spec, source_splits) if source.takes_splits else loader(spec)
     data.train, data.test = (getattr(data, s) if s in source_splits else None for s in SPLITS)
     if spec.num_classes is not None and spec.num_classes != data.num_classes:
         raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
@@ -353,11 +267,11 @@ def _from_arrays(spec, train_x, train_y, test_x, test_y, classes, where) -> Load
                          list(classes), channels=train_x.shape[3], native_size=train_x.shape[1])
 
 
-def _digits(spec: DatasetSpec) -> LoadedDataset:
+def load_digits(spec: DatasetSpec) -> LoadedDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), split per class with a seed."""
-    from sklearn.datasets import load_digits
+    from sklearn import datasets
 
-    bunch = load_digits()
+    bunch = datasets.load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # N,8,8,1
     labels = bunch.target.astype(np.int64)
     rng = np.random.default_rng(spec.split_seed)
@@ -371,7 +285,7 @@ def _digits(spec: DatasetSpec) -> LoadedDataset:
     return _from_arrays(spec, images[~is_test], labels[~is_test], images[is_test], labels[is_test], classes, "digits")
 
 
-def _hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+def load_hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
     """The layout of ../shared/datasets/*.h5 (and of `d3s prepare`'s packed files), read lazily:
     labels and shapes at load time, a split's pixels only when it is asked for.
 
@@ -415,7 +329,7 @@ def _hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
                          native_size=size, streamed=streamed, train_size=train_size, eval_resize=eval_resize)
 
 
-def _torchvision(spec: DatasetSpec) -> LoadedDataset:
+def load_torchvision(spec: DatasetSpec) -> LoadedDataset:
     """CIFAR-10/100, MNIST, Fashion-MNIST in torchvision's on-disk format under `root`."""
     import torchvision
 
@@ -490,7 +404,8 @@ def imagefolder_split(spec: DatasetSpec, split: str, files: list[Path], labels) 
     return ImageFileDataset(files, labels, side, channels, side)
 
 
-def _imagefolder(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+def load_imagefolder(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:
+    """Class folders under `root`/train_dir and a validation folder, each image decoded on access."""
     classes = imagefolder_classes(spec)
     loaded = {s: imagefolder_split(spec, s, *imagefolder_files(spec, classes, s)) for s in splits}
     return LoadedDataset(spec, loaded.get("train"), loaded.get("test"), classes, channels=spec.channels or 3,

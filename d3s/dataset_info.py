@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from .artifacts import atomic_path, code_version
-from .data import DatasetSpec, channel_moments, load_dataset
+from .data import channel_moments, load_dataset
+from .dataset_spec import DatasetSpec
 from .errors import D3SError
 from .runtime import log
 

@@ -5,7 +5,8 @@
 
 (CE of the teacher on augmented synthetic images against their assigned labels; w_1 is the
 first-layer weight.) D3S uses full-covariance Gaussians of the real data from `extract-stats`;
-SRe2L (the baseline) the per-channel running buffers inside the teacher's BatchNorm layers.
+SRe2L (the baseline) the per-channel running buffers inside the teacher's BatchNorm layers. Each
+is a `StatisticsMatching` objective, found by method name in the registry (`d3s.methods`).
 D3S works over the BatchNorm inputs of one or more teachers (averaged, or one teacher per iteration in
 turn). A shard covers IPC indices [ipc_start, ipc_end) of classes [class_start, class_end)
 (default: every class); it is optimised in
@@ -22,29 +23,81 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .artifacts.images import SyntheticSet
+from .artifacts.stats import LayerStats
+from .artifacts.teacher import Teacher
+from .bn_inputs import BNInputRecorder
 from .checkpoint import Checkpointer
 from .engine import CLEAN
 from .errors import D3SError
 from .gaussian import GaussianTargets, MovingMoments, feature_moments, gaussian_kl_batched, gaussian_target
 from .hparams import DistillParams
-from .runtime import autocast, full_precision, generator, log, log_every, prepare_input, prepare_model, progress, to_device
-from .stats import BNInputRecorder, LayerStats
-from .synthetic import SyntheticSet
-from .teacher import Teacher
+from .methods import get_method
+from .runtime import (
+    autocast,
+    full_precision,
+    generator,
+    log,
+    log_every,
+    prepare_input,
+    prepare_model,
+    progress,
+    to_device,
+)
+from .shard import Shard
 from .training import cosine_schedule
 from .transforms import apply_views, roll_by, sample_views
 
 
+class StatisticsMatching:
+    """The objective of a synthesising method (registered in `d3s.methods`): one matching term per
+    BatchNorm layer of each teacher, from the layers' recorded inputs.
+
+    A method with whole-set statistics keeps them as state (`initialise`, `state_dict`); one that
+    matches each minibatch on its own keeps these defaults.
+    """
+
+    name: str  # the method's name in the registry
+    loss_key: str  # the matching term in log lines
+    term_name: str  # one layer's term in error messages
+    weight: float  # of the matching term against cross-entropy
+    first_layer_weight: float
+
+    @classmethod
+    def build(cls, teachers: list[Teacher], recorders: list[BNInputRecorder], stats: list[list[LayerStats]] | None,
+              pooling: str, params: DistillParams, device) -> StatisticsMatching:
+        """The objective of a distill run, whatever of these inputs it uses."""
+        return cls(teachers, recorders, stats, pooling, params, device)
+
+    def config(self, params: DistillParams) -> dict:
+        """The settings the images artifact records."""
+        return asdict(params)
+
+    def moments(self, feats: torch.Tensor):
+        return None
+
+    def initialise(self, k: int, per_block_moments: list[list[tuple]], sizes: list[int]) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict, sizes: list[int], device) -> None:
+        pass
+
+    def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
+        """Each layer's term for teacher k with block b live: float64 [L]."""
+        raise NotImplementedError
 
 
-class GaussianMatching:
+class GaussianMatching(StatisticsMatching):
     """D3S: per-layer KL between the real Gaussian and the synthetic set's (moving) Gaussian.
 
     Layers of equal width are factorised together: one batched Cholesky per width and teacher
     per step (ResNet-18 has 4 widths for its 20 BatchNorm layers), not one call per layer.
     """
 
-    name = "d3s"
+    name, loss_key, term_name = "d3s", "kl", "KL"
 
     def __init__(self, teachers, recorders, stats, pooling, params: DistillParams, device):
         if stats is None or len(stats) != len(teachers):
@@ -58,7 +111,8 @@ class GaussianMatching:
         # per teacher: [(layer indices of one width, their stacked targets)]
         self.groups: list[list[tuple[list[int], GaussianTargets]]] = []
         for layer_stats in stats:
-            targets = [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats]
+            targets = [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge)
+                       for s in layer_stats]
             widths: dict[int, list[int]] = {}
             for l, t in enumerate(targets):
                 widths.setdefault(t.dim, []).append(l)
@@ -67,6 +121,9 @@ class GaussianMatching:
         self.momentum = params.ema_momentum
         self.weight = params.kl_weight
         self.first_layer_weight = params.first_layer_weight
+
+    def config(self, params: DistillParams) -> dict:
+        return {**asdict(params), "pooling": self.pooling}
 
     def _shape(self, cov: torch.Tensor) -> torch.Tensor:
         return torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1)) if self.diagonal else cov
@@ -112,34 +169,28 @@ class GaussianMatching:
         return torch.stack(terms)
 
 
-class RunningStatsMatching:
-    """SRe2L: per-channel batch mean/variance against the teacher's BatchNorm running buffers."""
+class RunningStatsMatching(StatisticsMatching):
+    """SRe2L: per-channel batch mean/variance against the teacher's BatchNorm running buffers
+    (each minibatch on its own: no whole-set statistics, no statistics files)."""
 
-    name = "sre2l"
+    name, loss_key, term_name = "sre2l", "bn", "BN loss"
 
     def __init__(self, teachers, recorders, params: DistillParams):
         self.buffers = [[(m.running_mean, m.running_var) for _, m in rec.layers] for rec in recorders]
         self.weight = params.r_bn
         self.first_layer_weight = params.first_bn_multiplier
 
-    def moments(self, feats: torch.Tensor):  # unused: SRe2L matches each minibatch on its own
-        return None
-
-    def initialise(self, k, per_block_moments, sizes) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state, sizes, device) -> None:
-        pass
+    @classmethod
+    def build(cls, teachers, recorders, stats, pooling, params, device) -> RunningStatsMatching:
+        return cls(teachers, recorders, params)
 
     def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
         terms = []
         for (running_mean, running_var), f in zip(self.buffers[k], feats):
             x = f.float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
             var, mean = torch.var_mean(x, dim=1, unbiased=False)
-            terms.append((torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)).double())
+            term = torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+            terms.append(term.double())
         return torch.stack(terms)
 
 
@@ -168,7 +219,8 @@ class Synthesis:
         self.weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
         self.curves = torch.zeros(3, params.iterations, dtype=torch.float64, device=device)  # total, match, ce
         # first iteration with a non-finite term, per teacher and layer (+ one for the total loss); CLEAN: none
-        self.first_bad = [torch.full((len(rec.names) + 1,), CLEAN, dtype=torch.int64, device=device) for rec in recorders]
+        self.first_bad = [torch.full((len(rec.names) + 1,), CLEAN, dtype=torch.int64, device=device)
+                          for rec in recorders]
 
     @property
     def steps(self) -> int:
@@ -227,7 +279,8 @@ class Synthesis:
         with torch.no_grad():
             p.copy_(torch.maximum(torch.minimum(p, self.hi), self.lo))
             share = 1 / len(self.blocks)
-            self.curves[:, it] += torch.stack([loss.detach().double(), loss_match.detach(), loss_ce.detach().double()]) * share
+            values = torch.stack([loss.detach().double(), loss_match.detach(), loss_ce.detach().double()])
+            self.curves[:, it] += values * share
 
     def _note_non_finite(self, k: int, it: int, values: torch.Tensor, total: bool = False) -> None:
         bad = ~torch.isfinite(values.detach())
@@ -247,7 +300,7 @@ class Synthesis:
         for k, rec in enumerate(self.recorders):
             row = first_bad[offset:offset + len(rec.names) + 1]
             offset += len(row)
-            names = [f"{'KL' if self.objective.name == 'd3s' else 'BN loss'} of layer '{n}'" for n in rec.names]
+            names = [f"{self.objective.term_name} of layer '{n}'" for n in rec.names]
             found += [(int(v), what, k) for v, what in zip(row, names + ["the loss"]) if v < CLEAN]
         if found:
             it, what, k = min(found)
@@ -289,71 +342,71 @@ def distill(
     teachers: list[Teacher],
     stats: list[list[LayerStats]] | None,
     pooling: str,
-    ipc_start: int,
-    ipc_end: int,
+    shard: Shard,
     params: DistillParams,
     seed: int,
     device: torch.device,
-    class_start: int = 0,
-    class_end: int | None = None,
     method: str = "d3s",
     checkpoint: Checkpointer | None = None,
     init_images: torch.Tensor | None = None,
 ) -> SyntheticSet:
     """Synthesise the shard's images. With `params.init` real / herding / kcenter, `init_images` (uint8
     [n, C, H, W], one per (IPC index, class) slot in the shard's IPC-major order) are the start."""
-    # -- setup: check the shard, build the objective and the starting pixels
-    if not 0 <= ipc_start < ipc_end:
-        raise D3SError(f"distill: need 0 <= ipc_start < ipc_end, got {ipc_start}..{ipc_end}")
-    class_end = len(teachers[0].classes) if class_end is None else class_end
-    if not 0 <= class_start < class_end <= len(teachers[0].classes):
-        raise D3SError(f"distill: need 0 <= class_start < class_end <= {len(teachers[0].classes)}, got {class_start}..{class_end}")
-    if params.teacher_mode not in ("mean", "round_robin"):
-        raise D3SError(f"distill: teacher_mode must be 'mean' or 'round_robin', got {params.teacher_mode!r}")
-    t0 = teachers[0]
-    num_classes, size, channels = len(t0.classes), t0.image_size, t0.channels
-    normalizer = t0.normalizer(device)
+    classes = shard.classes(len(teachers[0].classes))
+    bounds = (shard.ipc_start, shard.ipc_end, classes.start, classes.stop)  # the seeds' stream ids
     for t in teachers:  # hooked models are never compiled; channels_last where it is faster
         prepare_model(t.model, device)
     recorders = [BNInputRecorder(t.model, t.path) for t in teachers]
-    if method == "d3s":
-        objective = GaussianMatching(teachers, recorders, stats, pooling, params, device)
-    elif method == "sre2l":
-        objective = RunningStatsMatching(teachers, recorders, params)
-    else:
-        raise D3SError(f"distill: method must be 'd3s' or 'sre2l', got {method!r}")
+    objective = get_method(method).matching_class().build(teachers, recorders, stats, pooling, params, device)
     # Class-mixed order: consecutive images have different classes (BN-style statistics are class-agnostic).
-    slots = shard_slots(ipc_start, ipc_end, class_start, class_end)
+    slots = shard.slots(len(teachers[0].classes))
     labels = torch.tensor([c for _, c in slots], dtype=torch.long)
-    n = len(labels)
-    shard = (ipc_start, ipc_end, class_start, class_end)
-    g_init, g_aug = generator(seed, 10, *shard), generator(seed, 11, *shard)
+    init = _starting_pixels(teachers[0], params, init_images, len(labels), generator(seed, 10, *bounds), device)
+    synthesis = Synthesis(teachers, recorders, objective, labels, init, params, generator(seed, 11, *bounds), device)
+    checkpoint = checkpoint or Checkpointer(None, {}, 0, 0)
+    start_step = _resume_or_start(synthesis, checkpoint)
+    log.info("%s: %d images (shard %s: IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
+             method, len(labels), shard, shard.ipc_start, shard.ipc_end - 1, classes.start, classes.stop - 1,
+             len(synthesis.blocks), params.iterations, len(teachers))
+    _optimise(synthesis, start_step, checkpoint, desc=f"{method} {shard}")
+    for rec in recorders:
+        rec.__exit__(None, None, None)
+    return _synthetic_set(synthesis, method, labels, slots, shard, seed)
+
+
+def _starting_pixels(t0: Teacher, params: DistillParams, init_images: torch.Tensor | None, n: int,
+                     g_init: torch.Generator, device) -> torch.Tensor:
+    """The n images to start from, normalised and clipped to the valid pixel range: `init_images`, or noise."""
+    normalizer = t0.normalizer(device)
+    size, channels = t0.image_size, t0.channels
     if params.init in ("real", "herding", "kcenter"):
         if init_images is None or tuple(init_images.shape) != (n, channels, size, size):
             got = "none" if init_images is None else tuple(init_images.shape)
-            raise D3SError(f"distill: init '{params.init}' needs {n} starting images of {channels}x{size}x{size}, got {got}")
+            raise D3SError(f"distill: init '{params.init}' needs {n} starting images of {channels}x{size}x{size}, "
+                           f"got {got}")
         init = normalizer.from_uint8(init_images.to(device))
     elif params.init == "noise":
         init = torch.randn(n, channels, size, size, generator=g_init).to(device)
     else:
         raise D3SError(f"distill: init must be 'noise', 'real', 'herding' or 'kcenter', got {params.init!r}")
     lo, hi = normalizer.bounds()
-    synthesis = Synthesis(teachers, recorders, objective, labels, torch.maximum(torch.minimum(init, hi), lo),
-                          params, g_aug, device)
+    return torch.maximum(torch.minimum(init, hi), lo)
 
-    # -- state: a checkpoint of the same run continues; else the whole-set statistics start exact
-    checkpoint = checkpoint or Checkpointer(None, {}, 0, 0)
+
+def _resume_or_start(synthesis: Synthesis, checkpoint: Checkpointer) -> int:
+    """The step to start at: a checkpoint of the same run continues; else the whole-set statistics start exact."""
     state = checkpoint.load()
-    start_step = synthesis.load_state_dict(state) if state is not None else 0
-    if state is None:
-        synthesis.initialise_statistics()
+    if state is not None:
+        return synthesis.load_state_dict(state)
+    synthesis.initialise_statistics()
+    return 0
 
-    # -- the loop: steps read nothing back; a log line (and a checkpoint) every so often does
-    every = log_every(params.iterations)
-    blocks = len(synthesis.blocks)
-    bar = progress(total=synthesis.steps, initial=start_step, desc=f"{method} ipc {ipc_start}-{ipc_end}")
-    log.info("%s: %d images (IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
-             method, n, ipc_start, ipc_end - 1, class_start, class_end - 1, blocks, params.iterations, len(teachers))
+
+def _optimise(synthesis: Synthesis, start_step: int, checkpoint: Checkpointer, desc: str) -> None:
+    """The loop: steps read nothing back; a log line (and a checkpoint) every so often does."""
+    iterations, blocks = synthesis.params.iterations, len(synthesis.blocks)
+    every = log_every(iterations)
+    bar = progress(total=synthesis.steps, initial=start_step, desc=desc)
     for step in range(start_step, synthesis.steps):
         synthesis.step(step)
         bar.update(1)
@@ -361,33 +414,26 @@ def distill(
         if b == blocks - 1 and ((it + 1) % every == 0 or it == 0):
             total, match, ce = synthesis.read(it)
             bar.set_postfix(loss=f"{total:.4f}")
-            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, params.iterations, total,
-                     "kl" if method == "d3s" else "bn", match, ce)
-        checkpoint.at_safe_point(step + 1, synthesis.steps, lambda: _checked_state(synthesis, step + 1))
+            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, iterations, total,
+                     synthesis.objective.loss_key, match, ce)
+        checkpoint.at_safe_point(step + 1, synthesis.steps, lambda done=step + 1: _checked_state(synthesis, done))
     bar.close()
     synthesis.raise_if_non_finite()
-    for rec in recorders:
-        rec.__exit__(None, None, None)
 
-    # -- packaging: uint8 images, labels, slots, curves and provenance
+
+def _synthetic_set(synthesis: Synthesis, method: str, labels: torch.Tensor, slots: list[tuple[int, int]],
+                   shard: Shard, seed: int) -> SyntheticSet:
+    """The shard as an images artifact: uint8 images, labels, slots, loss curves and provenance."""
+    teachers = synthesis.teachers
+    t0 = teachers[0]
+    normalizer = t0.normalizer(synthesis.device)
     with torch.no_grad():
         images = torch.cat([normalizer.to_uint8(p) for p in synthesis.pixels]).permute(0, 2, 3, 1).cpu().numpy()
     curves = dict(zip(("total", "match", "ce"), synthesis.curves.cpu().numpy()))
-    config = {**asdict(params), "pooling": pooling} if method == "d3s" else asdict(params)
     return SyntheticSet(
         images=images, labels=labels.numpy(), ipc_index=np.asarray([i for i, _ in slots], dtype=np.int64),
         classes=t0.classes, method=method, teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean,
-        norm_std=t0.std, hflip=t0.hflip, config=config, seed=seed,
-        loss_curves={shard_name(ipc_start, ipc_end, class_start, class_end, num_classes): curves},
-        inputs={"teachers": [t.path for t in teachers], "shard": list(shard)},
+        norm_std=t0.std, hflip=t0.hflip, config=synthesis.objective.config(synthesis.params), seed=seed,
+        loss_curves={str(shard): curves},
+        inputs={"teachers": [t.path for t in teachers], "shard": str(shard)},
     )
-
-
-def shard_slots(ipc_start: int, ipc_end: int, class_start: int, class_end: int) -> list[tuple[int, int]]:
-    """The shard's (IPC index, class) slots in image order: IPC-major, so consecutive images differ in class."""
-    return [(i, c) for i in range(ipc_start, ipc_end) for c in range(class_start, class_end)]
-
-
-def shard_name(ipc_start: int, ipc_end: int, class_start: int, class_end: int, num_classes: int) -> str:
-    name = f"ipc{ipc_start}-{ipc_end}"
-    return name if (class_start, class_end) == (0, num_classes) else f"{name}_c{class_start}-{class_end}"

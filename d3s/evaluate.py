@@ -1,4 +1,5 @@
-"""Stage 5: train a student from scratch on the distilled images and test it on the real test set.
+"""Stage 5: train a student from scratch on the distilled images and test it on the real test set
+(writing a result file, see `artifacts.result`).
 
 Soft-label mode replays the stored (epoch, image) views and teacher logits (KL at temperature T);
 hard-label mode draws fresh views and uses the assigned labels. The reported number is the
@@ -7,29 +8,28 @@ final-epoch accuracy, and the result file records the whole protocol.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
-from .artifacts import atomic_path, check_same_classes, code_version
+from .artifacts import check_same_classes
+from .artifacts.images import SyntheticSet
+from .artifacts.labels import SoftLabelStore, images_digest
+from .artifacts.result import student_result, write_result
+from .artifacts.teacher import Teacher
 from .checkpoint import DEFAULT_MINUTES, Checkpointer
-from .data import DatasetSpec, ImagesOnDevice, batches_per_epoch, load_dataset
+from .data import ImagesOnDevice, batches_per_epoch, load_dataset
+from .dataset_spec import DatasetSpec
 from .distributed import ranks
 from .engine import Trainer, run_epochs
 from .errors import D3SError
 from .hparams import EvalParams
 from .models import build_model
-from .relabel import SoftLabelStore, images_digest
 from .runtime import autocast, generator, log, prepare_input, prepare_model, to_device
-from .synthetic import SyntheticSet
-from .teacher import Teacher
 from .training import accuracy, cosine_schedule, fit_on_real
 from .transforms import Normalizer, apply_views, sample_views
-
-
 
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, t2_scale: bool) -> torch.Tensor:
@@ -229,19 +229,13 @@ def _write_result(model, data, normalizer, out, device, threads, meta, *, method
     log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%%s",
              student, seed, n_images, method, 100 * top1, 100 * top5,
              "" if val_top1 is None else f", validation top-1 {100 * val_top1:.2f}%")
-    result = {
-        **(meta or {}),
-        "method": method, "ipc": ipc, "student": student, "seed": seed,
-        "top1": top1, "top5": top5, "val_top1": val_top1, "n_val": len(data.val) if data.val is not None else 0,
-        "n_images": int(n_images), "n_test": len(data.test),
-        "train_seconds": round(train_seconds, 2),
-        "protocol": {"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol,
-                     **({"eval_resize": data.eval_resize} if data.eval_resize else {})},
-        "inputs": inputs,
-        "code_version": code_version(),
-    }
-    if not ranks().main:
-        return result
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    result = student_result(
+        meta=meta, method=method, ipc=ipc, student=student, seed=seed, top1=top1, top5=top5, val_top1=val_top1,
+        n_val=len(data.val) if data.val is not None else 0, n_images=n_images, n_test=len(data.test),
+        train_seconds=train_seconds, inputs=inputs,
+        protocol={"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol,
+                  **({"eval_resize": data.eval_resize} if data.eval_resize else {})},
+    )
+    if ranks().main:
+        write_result(out, result)
     return result

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .artifacts.images import SyntheticSet
+from .artifacts.labels import SoftLabelStore
 from .errors import D3SError
-from .synthetic import SyntheticSet
 
 FORMATS = ("folders", "sre2l", "ddranking")
 
@@ -70,8 +71,6 @@ def _sre2l(s: SyntheticSet, out: Path) -> None:
 
 def mean_soft_labels(labels_path: str, s: SyntheticSet, images_path: str) -> torch.Tensor:
     """[N, C] float32 in the set's row order: each image's teacher logits averaged over label epochs."""
-    from .relabel import SoftLabelStore
-
     store = SoftLabelStore(labels_path, s, images_path)
     try:
         total = torch.zeros(len(s.labels), len(s.classes), dtype=torch.float64)

@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-
 from .artifacts import atomic_path
 from .errors import D3SError
 from .runtime import log

@@ -12,11 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
+from .artifacts.images import load_loss_curves, read_header, read_rows  # noqa: E402
 from .errors import D3SError  # noqa: E402
-from .synthetic import load_loss_curves, read_header, read_rows  # noqa: E402
+from .methods import get_method, method_names  # noqa: E402
 
-METHOD_STYLE = {"d3s": ("D3S", "C0", "o"), "sre2l": ("SRe2L", "C1", "s"), "random": ("random real", "C2", "^"),
-                "herding": ("herding", "C3", "v"), "kcenter": ("k-center", "C4", "D")}
 LINE_STYLE = {"soft": "-", "hard": ":"}  # hard-label students dotted
 
 
@@ -37,18 +36,20 @@ def plot_accuracy(summary_tsv: str, out: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     students = sorted({r["student"] for r in rows})
     modes = [m for m in LINE_STYLE if any(r.get("labels", "soft") == m for r in rows)]
+    per_ipc = [method for method in map(get_method, method_names()) if method.per_ipc]
     for student in students:
         for mode in modes:
-            for method, (label, colour, marker) in METHOD_STYLE.items():
-                pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"]))
-                             for r in rows if r["method"] == method and r["student"] == student and r["ipc"] != "all"
+            for method in per_ipc:
+                pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"])) for r in rows
+                             if r["method"] == method.name and r["student"] == student and r["ipc"] != "all"
                              and r.get("labels", "soft") == mode)
                 if not pts:
                     continue
                 x, y, e = map(np.asarray, zip(*pts))
-                name = label if len(students) == 1 else f"{label} ({student})"
+                name = method.label if len(students) == 1 else f"{method.label} ({student})"
                 name += f", {mode} labels" if len(modes) > 1 else ""
-                ax.errorbar(x, y, yerr=e, label=name, color=colour, marker=marker, capsize=3, ls=LINE_STYLE[mode])
+                ax.errorbar(x, y, yerr=e, label=name, color=method.colour, marker=method.marker, capsize=3,
+                            ls=LINE_STYLE[mode])
         for r in rows:
             if r["method"] == "full" and r["student"] == student and r.get("labels", "soft") == modes[0]:
                 m, s = float(r["top1_mean"]), float(r["top1_std"])

@@ -26,9 +26,11 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_path, open_artifact, read_classes, read_json_attr, write_provenance
-from .data import SPLITS, DatasetSpec, imagefolder_classes, imagefolder_files, imagefolder_split, load_dataset
+from .data import SPLITS, imagefolder_classes, imagefolder_files, imagefolder_split, load_dataset
+from .dataset_spec import DatasetSpec
 from .errors import D3SError
 from .runtime import generator, log, log_every, progress
+from .sources import get_source
 
 INDEX_KIND, PART_KIND = "dataset_index", "packed_part"
 CHUNK_BYTES = 4 * 2**20  # HDF5 chunk of about 4 MB: 21 images at 256 px, so streamed reads stay random at batch scale
@@ -37,7 +39,7 @@ CHUNK_BYTES = 4 * 2**20  # HDF5 chunk of about 4 MB: 21 images at 256 px, so str
 def write_index(spec: DatasetSpec, out: str, seed: int = 0) -> dict[str, int]:
     """List the source once and write the file index (the only job that walks the folder)."""
     t0 = time.perf_counter()
-    if spec.source == "imagefolder":
+    if get_source(spec.source).decodes_files:
         if not spec.image_size:
             raise D3SError(f"dataset '{spec.name}': an imagefolder source needs 'image_size' to be packed")
         classes = imagefolder_classes(spec)
@@ -99,7 +101,7 @@ def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1
     # THREADS decode workers: the main process only copies finished batches into the file, so with
     # threads - 1 workers one core of the job's allocation would sit idle (measured: threads 2 with
     # one worker decoded slower than threads 1). threads 1 decodes in the main process.
-    workers = (threads if threads > 1 else 0) if spec.source == "imagefolder" else 0
+    workers = (threads if threads > 1 else 0) if get_source(spec.source).decodes_files else 0
     t0, decoded = time.perf_counter(), 0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, PART_KIND, config={"dataset": spec.to_dict(), "part": part, "parts": parts}, seed=None,

@@ -1,4 +1,5 @@
-"""Stage 2: per-layer Gaussian statistics of a teacher's BatchNorm inputs over the real training set.
+"""Stage 2: per-layer Gaussian statistics of a teacher's BatchNorm inputs over the real training set
+(written as a statistics artifact, see `artifacts.stats`).
 
 One eval-mode pass per teacher; mean and full covariance per BN layer, accumulated in float64
 (memory independent of dataset size). BN inputs are hooked, not outputs: a frozen BN is an
@@ -8,48 +9,22 @@ overwritten by an in-place activation.
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from pathlib import Path
-
-import h5py
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, write_provenance
+from .artifacts import check_same_classes
+from .artifacts.stats import LayerStats, save_stats
+from .artifacts.teacher import Teacher
+from .bn_inputs import BNInputRecorder
 from .checkpoint import DEFAULT_MINUTES, Checkpointer
-from .data import DatasetSpec, evaluation_loader, load_dataset
+from .data import evaluation_loader, load_dataset
+from .dataset_spec import DatasetSpec
 from .distributed import Ranks
 from .errors import D3SError
 from .gaussian import MomentAccumulator, affine_moments
-from .models import bn_layers
 from .runtime import generator, log, log_every, prepare_input, prepare_model, progress, to_device
-from .teacher import Teacher
 from .transforms import apply_views, resize, sample_views
-
-
-class BNInputRecorder(contextlib.AbstractContextManager):
-    """Records the input of every BatchNorm layer of a model on each forward pass."""
-
-    def __init__(self, model: nn.Module, where: str = "model"):
-        self.layers = bn_layers(model, where)
-        self.names = [n for n, _ in self.layers]
-        self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._handles = [m.register_forward_pre_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)]
-
-    def _hook(self, i: int):
-        def hook(_module, args):
-            self.inputs[i] = args[0]
-
-        return hook
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self.inputs = [None] * len(self.layers)
-        return False
 
 
 class InputConvMoments:
@@ -92,14 +67,6 @@ class InputConvMoments:
         b = None if self.conv.bias is None else self.conv.bias.detach().double().to(w.device)
         mean, cov = affine_moments(self.acc.mean, self.acc.covariance(), w, b)
         return mean, cov, self.acc.count
-
-
-@dataclass
-class LayerStats:
-    name: str
-    mean: torch.Tensor  # float64 [D]
-    cov: torch.Tensor  # float64 [D, D]
-    count: int
 
 
 @torch.no_grad()
@@ -226,44 +193,6 @@ def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_s
     config = {"pooling": pooling, "batch_size": batch_size, "views": views}
     if views:
         config["crop_scale_min"] = crop_scale_min
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, "stats", config=config, seed=seed if views else None,
-                         classes=teacher.classes, inputs={"teacher": teacher.path, "dataset": spec.to_dict()})
-        f.attrs.update(teacher_sha256=teacher.weights_sha256, teacher_arch=teacher.arch, pooling=pooling,
-                       hook="bn_input", n_images=len(data.train), layer_names=[s.name for s in layers])
-        g = f.create_group("layers")
-        for i, s in enumerate(layers):
-            lg = g.create_group(f"{i:03d}")
-            lg.attrs.update(name=s.name, count=s.count, dim=len(s.mean))
-            lg.create_dataset("mean", data=s.mean.numpy())
-            lg.create_dataset("cov", data=s.cov.numpy())
+    save_stats(out, layers, teacher, pooling=pooling, n_images=len(data.train), config=config,
+               seed=seed if views else None, dataset=spec.to_dict())
     checkpoint.clear()
-
-
-def load_stats(path: str | Path, teacher: Teacher) -> list[LayerStats]:
-    """Read a stats artifact and check it was computed from this teacher."""
-    with open_artifact(path, "stats") as f:
-        if f.attrs["teacher_sha256"] != teacher.weights_sha256:
-            raise D3SError(
-                f"{path}: statistics were computed from teacher weights {str(f.attrs['teacher_sha256'])[:12]}, "
-                f"but {teacher.path} has weights {teacher.weights_sha256[:12]}; recompute the statistics "
-                "or pass the matching teacher"
-            )
-        check_same_classes(teacher.classes, teacher.path, read_classes(f), str(path))
-        layers = []
-        for key in sorted(f["layers"]):
-            g = f["layers"][key]
-            layers.append(LayerStats(str(g.attrs["name"]), torch.from_numpy(np.asarray(g["mean"][()])),
-                                     torch.from_numpy(np.asarray(g["cov"][()])), int(g.attrs["count"])))
-    return layers
-
-
-def stats_pooling(paths: list[str]) -> str:
-    """The pooling the statistics were computed with; all files must agree."""
-    poolings = {}
-    for p in paths:
-        with open_artifact(p, "stats") as f:
-            poolings[p] = str(f.attrs["pooling"])
-    if len(set(poolings.values())) != 1:
-        raise D3SError(f"statistics files use different pooling: {poolings}")
-    return next(iter(poolings.values()))

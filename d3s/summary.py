@@ -22,11 +22,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .artifacts import atomic_path, open_artifact
+from .artifacts import atomic_path
+from .artifacts.result import label_mode, read_result
+from .artifacts.teacher import read_teacher_header
 from .errors import D3SError
 from .hparams import RelabelParams
+from .methods import method_names
 
-METHOD_ORDER = ["d3s", "sre2l", "herding", "kcenter", "random", "full"]
 LABEL_ORDER = ["soft", "hard"]
 COLUMNS = ["dataset", "method", "ipc", "labels", "student", "seeds", "top1_mean", "top1_std", "top5_mean", "top5_std",
            "val_top1_mean", "val_top1_std", "ior", "ior_sigmas", "hlr", "lrs", "variant", "variants",
@@ -59,17 +61,6 @@ def label_robust_score(ior: float, hlr: float, weight: float = LRS_WEIGHT) -> fl
     """DD-Ranking's LRS from IOR and HLR in percentage points, on [0, 100]."""
     a = (weight * ior - (1 - weight) * hlr) / 100
     return 100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
-
-
-def _read(path: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise D3SError(f"{path}: unreadable result file ({e})") from None
-
-
-def _label_mode(r: dict) -> str:
-    return r["protocol"].get("label_mode", "soft")
 
 
 def distilled_set(variant: str) -> str:
@@ -130,7 +121,7 @@ def select_variants(results: list[dict], select_by: str | None) -> tuple[dict, l
     """(method, ipc, labels) -> chosen variant, and one sweep-table row per (method, ipc, labels, student, variant)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["method"], r["ipc"], _label_mode(r), r.get("variant", "default"), r["student"])].append(r)
+        groups[(r["method"], r["ipc"], label_mode(r), r.get("variant", "default"), r["student"])].append(r)
     chosen, table = {}, []
     by_setting: dict[tuple, dict[str, dict[str, list[dict]]]] = defaultdict(lambda: defaultdict(dict))
     for (method, ipc, labels, variant, student), rs in groups.items():
@@ -183,23 +174,20 @@ def _seeds(rs: list[dict]) -> str:
 
 
 def _order(method: str, ipc, labels: str, student: str) -> tuple:
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = {m: i for i, m in enumerate(method_names())}
     return (ipc is None, ipc or 0, order.get(method, 99), LABEL_ORDER.index(labels), student)
 
 
 def summarize(result_paths: list[str], teacher_paths: list[str], dataset: str,
               select_by: str | None = None) -> tuple[list[dict], list[dict]]:
     """(summary rows of the chosen variants with metrics, sweep rows of every variant)."""
-    teacher_acc = []
-    for p in teacher_paths:
-        with open_artifact(p, "teacher") as f:
-            teacher_acc.append(100 * float(f.attrs["test_top1"]))
-    results = [_read(p) for p in result_paths]
+    teacher_acc = [100 * read_teacher_header(p).test_top1 for p in teacher_paths]
+    results = [read_result(p) for p in result_paths]
     chosen, sweep_rows = select_variants(results, select_by)
     variants_tried = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        key = (r["method"], r["ipc"], _label_mode(r))
+        key = (r["method"], r["ipc"], label_mode(r))
         variants_tried[key].add(r.get("variant", "default"))
         if r.get("variant", "default") == chosen[key]:
             groups[(*key, r["student"])].append(r)
@@ -278,9 +266,8 @@ def write_tables(rows: list[dict], tsv: str, markdown: str, teacher_paths: list[
                   f"{_cell(r['top1_mean'], r['top1_std'])} | {_cell(r['val_top1_mean'], r['val_top1_std'])} | "
                   f"{ior} | {_cell(r['hlr'])} | {_cell(r['lrs'])} | {r['variant']} ({r['variants']}) | {r['protocol']} |")
     md += ["", "Teachers (test top-1 on the real test set):", ""]
-    for p in teacher_paths:
-        with open_artifact(p, "teacher") as f:
-            md.append(f"- `{p}`: {f.attrs['arch']}, seed {int(f.attrs['seed'])}, {100 * float(f.attrs['test_top1']):.2f}%")
+    for t in map(read_teacher_header, teacher_paths):
+        md.append(f"- `{t.path}`: {t.arch}, seed {t.seed}, {100 * t.test_top1:.2f}%")
     md.append("")
     md.append("Final-epoch accuracy, mean ± std over seeds. Each row is the sweep variant with the best mean "
               "validation top-1 (of n tried; sweep.tsv lists them all, their test accuracy never used to choose). "

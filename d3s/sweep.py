@@ -12,12 +12,12 @@ import itertools
 import json
 from typing import Any
 
+from .methods import get_method, method_names, synthesising_methods
+
 DEFAULT = "default"
-SYNTHESISING = ("d3s", "sre2l")
-SELECTING = ("random", "herding", "kcenter")
+SYNTHESISING = synthesising_methods()
 # the stage sections a method's sweep may vary (a real-image selection has no distillation)
-SECTIONS = {**{m: ("distill", "relabel", "evaluate") for m in SYNTHESISING},
-            **{m: ("relabel", "evaluate") for m in SELECTING}, "full": ("evaluate",)}
+SECTIONS = {m: get_method(m).sections for m in method_names()}
 
 
 def format_value(value: Any) -> str:
@@ -91,7 +91,7 @@ def check_sweep(sweep: dict, methods: list[str], ipcs: list[int]) -> None:
             raise ValueError(f"config: sweep.{method}: not a method ({', '.join(SECTIONS)})")
         if method not in methods:
             raise ValueError(f"config: sweep.{method}: the method is not in `methods` ({', '.join(methods)})")
-        if method == "full" and entry.get("by_ipc"):
+        if not get_method(method).per_ipc and entry.get("by_ipc"):
             raise ValueError("config: sweep.full.by_ipc: the full-data student has no IPC")
         layers = [(f"sweep.{method}", entry)] + [(f"sweep.{method}.by_ipc.{i}", e)
                                                 for i, e in (entry.get("by_ipc") or {}).items()]
@@ -122,7 +122,7 @@ def budget(sweep: dict, method: str, ipc: int, labels: str = "soft") -> int:
 
 def check_budgets(sweep: dict, methods: list[str], ipcs: list[int], labels: tuple[str, ...] = ("soft",)) -> None:
     """Every method distilling or selecting at an IPC gets the same number of variants there, per label mode."""
-    per_ipc = [m for m in methods if m != "full"]
+    per_ipc = [m for m in methods if get_method(m).per_ipc]
     for ipc in ipcs:
         for mode in labels:
             counts = {m: budget(sweep, m, ipc, mode) for m in per_ipc}

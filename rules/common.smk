@@ -25,7 +25,19 @@ if os.path.isdir(os.path.join(_CHECKOUT, "d3s")):
         )  # an installed d3s comes first (the rules run its `d3s` command)
     # what envs/d3s.post-deploy.sh installs into a new conda environment (--sdm conda)
     os.environ.setdefault("D3S_SOURCE", _CHECKOUT)
+from d3s import settings  # torch-free: settings -> options, per-IPC schedules
 from d3s import sweep as sweeps  # torch-free: the workflow plans sweep variants with it
+from d3s.shard import PATTERN as SHARD_PATTERN, Shard, plan_shards
+from d3s.dataset_spec import DatasetSpec  # torch-free: the dataset keys and their defaults
+from d3s.hparams import SECTIONS
+from d3s.methods import get_method, method_names, synthesising_methods
+from d3s.sources import get_source, source_names
+
+if "teacher" in config:
+    raise ValueError(
+        "config: the key `teacher` is now `teacher_training` (how teachers are trained; `teachers` "
+        "says which): rename it"
+    )
 
 # YAML reads `50:` as an int key; JSON Schema checks keys as strings.
 config["distill_by_ipc"] = {
@@ -122,18 +134,21 @@ wildcard_constraints:
     name=r"[^/]+",
     arch=r"[^/]+",
     tseed=r"\d+",
-    method="d3s|sre2l|random|herding|kcenter",
-    synth=r"d3s|sre2l",
-    coreset=r"random|herding|kcenter",
+    # the method registry (d3s/methods.py): distilled sets by distill_shard, real ones by select_real
+    method="|".join(m for m in method_names() if get_method(m).per_ipc),
+    synth="|".join(synthesising_methods()),
+    coreset="|".join(
+        m
+        for m in method_names()
+        if get_method(m).per_ipc and not get_method(m).synthesises
+    ),
     labelmode=r"soft|hard",
     dv=r"[^/]+",
     rv=r"[^/]+",
     ev=r"[^/]+",
     labelset=r"[^/]+",
     ipc=r"\d+",
-    start=r"\d+",
-    end=r"\d+",
-    classes=r"all|\d+-\d+",
+    shard=SHARD_PATTERN,
     student=r"[^/]+",
     seed=r"\d+",
     part=r"\d+",
@@ -163,15 +178,17 @@ PIXEL_KEYS = {
 
 def is_packed(dataset):
     entry = config["datasets"][dataset]
+    source = get_source(entry["source"], f"config: datasets.{dataset}")
     pack = entry.get("pack")
-    if pack is None:
+    if pack is None:  # unset: a large image folder is packed (its listing and decodes dominate)
         return (
-            entry["source"] == "imagefolder"
+            source.decodes_files
             and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
         )
-    if pack and entry["source"] not in ("imagefolder", "torchvision"):
+    if pack and not source.packable:
+        packable = [n for n in source_names() if get_source(n).packable]
         raise ValueError(
-            f"config: datasets.{dataset}.pack: only imagefolder and torchvision sources are packed, "
+            f"config: datasets.{dataset}.pack: only {' and '.join(packable)} sources are packed, "
             f"not '{entry['source']}' (it is read as it is)"
         )
     return bool(pack)
@@ -194,10 +211,10 @@ def dataset_input(wildcards):
 
 def source_spec(wildcards):
     """The dataset entry as the JSON spec `d3s --data` takes, as the source is (keys at their
-    defaults left out, as in options_from: the package has the same defaults, tested).
+    defaults left out, as in the options: the package declares them once, d3s.settings).
     """
-    entry = without_defaults(
-        SCHEMA["$defs"]["dataset"], config["datasets"][wildcards.dataset]
+    entry = settings.without_defaults(
+        DatasetSpec, config["datasets"][wildcards.dataset]
     )
     entry.pop("pack", None)
     return json.dumps({"name": wildcards.dataset, **entry}, sort_keys=True)
@@ -224,47 +241,23 @@ def dataset_spec(wildcards):
     )
 
 
-def without_defaults(schema, settings):
-    """The settings whose value differs from the schema's default for that key."""
-    props = schema["properties"]
-    return {
-        k: v
-        for k, v in settings.items()
-        if k not in props or v != props[k].get("default")
-    }
-
-
 def cli_options(section):
-    """A config section as command-line options: {'batch_size': 8} -> '--batch-size 8'."""
-    return options_from(section, config.get(section, {}))
-
-
-def options_from(section, settings):
-    """Options for the settings that differ from the schema's defaults: the commands have the same
-    defaults (tested), and a knob that an upgrade adds then changes no command, so reruns nothing.
-    """
-    args = []
-    for key, value in without_defaults(SCHEMA["properties"][section], settings).items():
-        name = key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(f"--{name}" if value else f"--no-{name}")
-        else:
-            args += [f"--{name}", shlex.quote(str(value))]
-    return " ".join(args)
+    """A config section as the command's options, defaults left out (d3s.settings.command_options)."""
+    return settings.command_options(section, config.get(section, {}))
 
 
 def distill_settings(ipc, dv=sweeps.DEFAULT):
     """The `distill` section as IPC `ipc` runs it: its `distill_by_ipc` entry applied, then the
     changes of the sweep variant named `dv`."""
-    return {
-        **config["distill"],
-        **config["distill_by_ipc"].get(str(ipc), {}),
-        **sweeps.parse_part(dv, "distill variant"),
-    }
+    return settings.distill_settings(
+        config, ipc, sweeps.parse_part(dv, "distill variant")
+    )
 
 
 def distill_options(wildcards):
-    return options_from("distill", distill_settings(wildcards.ipc, wildcards.dv))
+    return settings.command_options(
+        "distill", distill_settings(wildcards.ipc, wildcards.dv)
+    )
 
 
 def section_settings(section, part=sweeps.DEFAULT):
@@ -274,7 +267,7 @@ def section_settings(section, part=sweeps.DEFAULT):
 
 def section_options(section, part):
     """A section's options with the changes of a sweep variant part ('default': none)."""
-    return options_from(section, section_settings(section, part))
+    return settings.command_options(section, section_settings(section, part))
 
 
 def relabel_options(wildcards):
@@ -286,7 +279,7 @@ def evaluate_options(wildcards):
 
 
 def method_ipcs(method):
-    return [None] if method == "full" else config["ipcs"]
+    return config["ipcs"] if get_method(method).per_ipc else [None]
 
 
 def variants(method, ipc):
@@ -381,7 +374,7 @@ def teacher_files(wildcards):
 
 def stats_files(wildcards):
     """D3S needs each teacher's statistics; SRe2L reads the BN buffers inside the teacher."""
-    if wildcards.get("synth", "d3s") != "d3s":
+    if not get_method(wildcards.get("synth", "d3s")).needs_stats:
         return []
     return [f"results/{wildcards.dataset}/stats/{t}.h5" for t in teacher_ids()]
 
@@ -392,34 +385,20 @@ def repeat_option(flag, paths):
     return " ".join(f"{flag} {shlex.quote(str(p))}" for p in paths)
 
 
-def shard_ranges(ipc):
-    step = config["ipc_per_shard"]
-    return [(a, min(a + step, ipc)) for a in range(0, ipc, step)]
-
-
-def class_blocks():
-    """'all', or 'a-b' class ranges of `classes_per_shard` classes (needs the dataset's num_classes)."""
-    size = config["classes_per_shard"]
-    if not size:
-        return ["all"]
-    n = config["datasets"][DATASET]["num_classes"]
-    return [f"{a}-{min(a + size, n)}" for a in range(0, n, size)]
+def shards(ipc):
+    """The distillation shards of IPC `ipc` (d3s.shard: one spelling, the shard files' names)."""
+    entry = config["datasets"][DATASET]
+    return plan_shards(
+        ipc,
+        config["ipc_per_shard"],
+        entry.get("num_classes"),
+        config["classes_per_shard"],
+    )
 
 
 def shard_files(wildcards):
     ipc_dir = f"results/{wildcards.dataset}/{wildcards.synth}/ipc{wildcards.ipc}/{wildcards.dv}"
-    return [
-        f"{ipc_dir}/shards/i{a}-{b}_c{c}.h5"
-        for a, b in shard_ranges(int(wildcards.ipc))
-        for c in class_blocks()
-    ]
-
-
-def class_options(wildcards):
-    if wildcards.classes == "all":
-        return ""
-    start, end = wildcards.classes.split("-")
-    return f"--class-start {start} --class-end {end}"
+    return [f"{ipc_dir}/shards/{shard}.h5" for shard in shards(int(wildcards.ipc))]
 
 
 def eval_files(wildcards):
@@ -433,8 +412,8 @@ def eval_files(wildcards):
         for i in method_ipcs(m):
             for dv, rv, ev in variant_parts(m, i):
                 for mode in config["labels"]:
-                    if m == "full":
-                        folder = f"{root}/full/{mode}/{ev}"
+                    if not get_method(m).per_ipc:
+                        folder = f"{root}/{m}/{mode}/{ev}"
                     else:
                         folder = f"{root}/{m}/ipc{i}/{dv}/{rv if mode == 'soft' else 'hard'}/{ev}"
                     files += [
@@ -485,7 +464,7 @@ def synthetic_images(wildcards):
     per_ipc = [
         distilled_sets(m, i)
         for m in config["methods"]
-        if m in sweeps.SYNTHESISING
+        if get_method(m).synthesises
         for i in config["ipcs"]
     ]
     return with_summary(
@@ -506,12 +485,12 @@ def final_outputs():
         f"{RESULTS}/sweep.tsv",
         f"{RESULTS}/plots/accuracy.png",
     ]
-    if any(m in sweeps.SYNTHESISING for m in config["methods"]):
+    if any(get_method(m).synthesises for m in config["methods"]):
         outputs.append(f"{RESULTS}/plots/losses.png")
     outputs += [
         f"{RESULTS}/plots/images_{m}_ipc{i}.png"
         for m in config["methods"]
-        if m != "full"
+        if get_method(m).per_ipc
         for i in config["ipcs"]
     ]
     return outputs
@@ -609,7 +588,7 @@ def setting(section, key, wildcards=None):
         else None
     )
     return section_settings(section, part or sweeps.DEFAULT).get(
-        key, SCHEMA["properties"][section]["properties"][key].get("default")
+        key, getattr(SECTIONS[section](), key)
     )
 
 
@@ -661,14 +640,12 @@ def student_memory(section, data_splits=0):
 
 def shard_state_mb(wildcards):
     """A distillation shard's pixels in fp32 with their gradient and Adam's two moments, plus views."""
-    ipc = int(wildcards.end) - int(wildcards.start)
-    if wildcards.classes == "all":
-        classes = config["datasets"][wildcards.dataset].get("num_classes", 1000)
-    else:
-        a, b = wildcards.classes.split("-")
-        classes = int(b) - int(a)
+    shard = Shard.parse(wildcards.shard)
+    classes = len(
+        shard.classes(config["datasets"][wildcards.dataset].get("num_classes", 1000))
+    )
     side = config["datasets"][wildcards.dataset].get("image_size") or 32
-    return ipc * classes * 3 * side * side * 4 * 6 / 2**20
+    return shard.ipc_count * classes * 3 * side * side * 4 * 6 / 2**20
 
 
 def distill_memory(wildcards, input, attempt):

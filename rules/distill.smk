@@ -6,12 +6,12 @@ rule distill_shard:
         init=init_images,
     output:
         temp(
-            "results/{dataset}/{synth}/ipc{ipc}/{dv}/shards/i{start}-{end}_c{classes}.h5"
+            "results/{dataset}/{synth}/ipc{ipc}/{dv}/shards/{shard}.h5"
         ),
     log:
-        "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/i{start}-{end}_c{classes}.log",
+        "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/{shard}.log",
     benchmark:
-        "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/i{start}-{end}_c{classes}.tsv"
+        "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/{shard}.tsv"
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -25,14 +25,13 @@ rule distill_shard:
         teachers=input_option("--teacher", "teachers"),
         stats=input_option("--stats", "stats"),
         init=input_option("--init-images", "init"),
-        classes=class_options,
         data=dataset_spec,
         opts=distill_options,
         seed=config["seed"],
         device=config["device"],
     shell:
-        "exec {params.d3s} distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --ipc-start {wildcards.start} --ipc-end {wildcards.end} "
-        "{params.classes} --data {params.data:q} "
+        "exec {params.d3s} distill --method {wildcards.synth} {params.teachers} {params.stats} {params.init} --shard {wildcards.shard} "
+        "--data {params.data:q} "
         "--seed {params.seed} {params.opts} --device {params.device} --threads {threads} "
         "--resume-dir {params.resume_dir} "
         "--out {output} > {log} 2>&1"
@@ -60,7 +59,7 @@ rule merge_shards:
     threads: 1
     resources:
         gpu=0,
-        # streams a block of rows at a time (synthetic.MERGE_BLOCK_BYTES, 64 MB): flat in the set size
+        # streams a block of rows at a time (artifacts.images.MERGE_BLOCK_BYTES, 64 MB): flat in the set size
         mem_mb=memory(base=TORCH_MB + 500),
         runtime=30,
     params:

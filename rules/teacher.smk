@@ -35,13 +35,13 @@ rule train_teacher:
     threads: 2
     resources:
         gpu=gpu_count(),
-        mem_mb=memory(data_splits=2, batch="teacher", test=True),
+        mem_mb=memory(data_splits=2, batch="teacher_training", test=True),
         runtime=grow_with_attempt(240),
     params:
         d3s=d3s_launcher,
         resume_dir=resume_dir("train_teacher"),
         data=dataset_spec,
-        opts=cli_options("teacher"),
+        opts=cli_options("teacher_training"),
         device=config["device"],
     shell:
         "exec {params.d3s} train-teacher --data {params.data:q} --info {input.info} --arch {wildcards.arch} "

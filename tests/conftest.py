@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
             "--out", p["teacher"], *FAST)
     run_cli("extract-stats", "--teacher", p["teacher"], "--data", DIGITS, "--out", p["stats"], *FAST)
     for i, shard in enumerate(("shard0", "shard1")):
-        run_cli("distill", "--teacher", p["teacher"], "--stats", p["stats"], "--ipc-start", i, "--ipc-end", i + 1,
+        run_cli("distill", "--teacher", p["teacher"], "--stats", p["stats"], "--shard", f"i{i}-{i + 1}_call",
                 "--iterations", "15", "--out", p[shard], *FAST)
     run_cli("merge", "--shard", p["shard1"], "--shard", p["shard0"], "--ipc", "2", "--out", p["images"])
     run_cli("relabel", "--images", p["images"], "--teacher", p["teacher"], "--epochs", "3", "--out", p["labels"], *FAST)

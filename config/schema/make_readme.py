@@ -1,7 +1,8 @@
-"""Render config/README.md from config.schema.yaml (run after changing the schema).
+"""Render config/README.md from config.schema.yaml (run after changing a setting).
 
-    python config/schema/make_readme.py          # rewrite config/README.md
-A test checks the committed README equals what this renders.
+    python -m d3s.settings                       # first: the schema from d3s/hparams.py, d3s/dataset_spec.py
+    python config/schema/make_readme.py          # then: config/README.md from the schema
+Tests check the committed schema and README equal what these render.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from d3s.hparams import SECTIONS
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -65,7 +68,7 @@ def render(schema: dict) -> str:
     out += ["", "## `datasets.<name>`", "",
             "One entry per dataset; `dataset:` picks the one to run. Adding a dataset is adding an entry.", "", *table]
     out += [_row(k, v) for k, v in schema["$defs"]["dataset"]["properties"].items()]
-    for section in ("teacher", "stats", "distill", "relabel", "evaluate"):
+    for section in SECTIONS:
         out += ["", f"## `{section}`", "", props[section]["description"]
                 + " Each key is also the command's option of the same name (`_` becomes `-`).", "", *table]
         out += [_row(k, v, NOTES.get((section, k))) for k, v in props[section]["properties"].items()]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 import struct
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from d3s.data import BlockShuffleSampler, DatasetSpec, load_dataset
+from d3s.data import BlockShuffleSampler, load_dataset
+from d3s.dataset_spec import DatasetSpec
 from d3s.errors import D3SError
 
 CLASSES = ["cat", "dog", "fox"]

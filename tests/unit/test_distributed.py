@@ -78,9 +78,9 @@ def _initial(channels: int, size: int) -> dict:
 
 
 def _student(images_path, labels_path, epochs):
+    from d3s.artifacts.images import load_synthetic
+    from d3s.artifacts.labels import SoftLabelStore
     from d3s.evaluate import train_student
-    from d3s.relabel import SoftLabelStore
-    from d3s.synthetic import load_synthetic
 
     synthetic = load_synthetic(images_path)
     store = SoftLabelStore(labels_path, synthetic, str(images_path))
@@ -96,7 +96,8 @@ def _real_data_training(epochs):
     """The teacher / full-data loop (fit_on_real) on digits, batch 64, instance-norm model."""
     import torch.nn.functional as F
 
-    from d3s.data import DatasetSpec, batches_per_epoch, load_dataset
+    from d3s.data import batches_per_epoch, load_dataset
+    from d3s.dataset_spec import DatasetSpec
     from d3s.engine import Trainer
     from d3s.models import build_model
     from d3s.runtime import generator

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from d3s.artifacts import atomic_path
-from d3s.data import DatasetSpec, load_dataset
+from d3s.data import load_dataset
+from d3s.dataset_spec import DatasetSpec
 from d3s.errors import D3SError
 
 from ..conftest import DIGITS, FAST, run_cli
@@ -96,7 +97,7 @@ def test_class_order_mismatch_names_both_sources(tiny, tmp_path):
 def test_statistics_of_another_teacher_are_refused(tiny, tmp_path):
     other = tmp_path / "other_teacher.h5"
     run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "1", "--epochs", "1", "--out", other, *FAST)
-    out = _fails("distill", "--teacher", other, "--stats", tiny["stats"], "--ipc-end", "1", "--iterations", "2",
+    out = _fails("distill", "--teacher", other, "--stats", tiny["stats"], "--shard", "i0-1_call", "--iterations", "2",
                  "--out", tmp_path / "d.h5", *FAST)
     assert "stats.h5: statistics were computed from teacher weights" in out and "other_teacher.h5" in out
 
@@ -113,7 +114,7 @@ def test_non_finite_loss_stops_with_iteration_and_layer(tiny, tmp_path):
     with h5py.File(corrupt, "r+") as f:
         f["layers/001/mean"][3] = np.nan  # the second BN layer's real mean
     out_file = tmp_path / "nan.h5"
-    out = _fails("distill", "--teacher", tiny["teacher"], "--stats", corrupt, "--ipc-end", "1",
+    out = _fails("distill", "--teacher", tiny["teacher"], "--stats", corrupt, "--shard", "i0-1_call",
                  "--iterations", "5", "--out", out_file, *FAST)
     assert "at iteration 1" in out and "KL of layer 'features.5'" in out
     assert not out_file.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["stats_nan.h5"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from d3s.relabel import SoftLabelStore
-from d3s.synthetic import load_synthetic
+from d3s.artifacts.images import load_synthetic
+from d3s.artifacts.labels import SoftLabelStore
 
 from ..conftest import run_cli
 

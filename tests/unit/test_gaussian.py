@@ -9,11 +9,11 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from d3s.gaussian import (
-    affine_moments,
     MomentAccumulator,
     MovingMoments,
-    feature_moments,
+    affine_moments,
     batch_moments,
+    feature_moments,
     feature_samples,
     gaussian_kl,
     gaussian_target,

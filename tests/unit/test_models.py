@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from d3s.artifacts.teacher import load_teacher
 from d3s.errors import D3SError
 from d3s.models import bn_layers, build_model, list_models
-from d3s.teacher import load_teacher
 
 from ..conftest import DIGITS, FAST, run_cli
 

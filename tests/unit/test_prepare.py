@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from d3s.data import DatasetSpec, decode_image, load_dataset
+from d3s.data import decode_image, load_dataset
+from d3s.dataset_spec import DatasetSpec
 from d3s.errors import D3SError
 from d3s.prepare import merge_packed, pack_part, part_rows, write_index
 from tests.imagenet_like import CIFAR, make_imagenet_like

@@ -114,8 +114,8 @@ def test_fetched_weights_fit_the_model_import_teacher_builds(fetched):
     """import-teacher's model for arch = the timm name (the default for timm:<name>) takes them as they are."""
     from safetensors.torch import load_file
 
+    from d3s.artifacts.teacher import read_checkpoint
     from d3s.models import build_model
-    from d3s.teacher import read_checkpoint
 
     out, _ = fetched
     model = build_model(MODEL, 1000, 3, 32)

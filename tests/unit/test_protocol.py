@@ -12,7 +12,8 @@ import torch
 
 from d3s import sweep
 from d3s.coreset import coreset_choice, herding_order, kcenter_order
-from d3s.data import DatasetSpec, load_dataset, validation_indices
+from d3s.data import load_dataset, validation_indices
+from d3s.dataset_spec import DatasetSpec
 from d3s.errors import D3SError
 from d3s.summary import label_robust_score, reported_sets, select_variants, summarize, write_tables
 

@@ -19,7 +19,7 @@ def test_d3s_ipc10_student_on_digits_is_far_above_chance(tmp_path):
     t, s, d, l, r = (tmp_path / n for n in ("t.h5", "s.h5", "d.h5", "l.h5", "r.json"))
     run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3", "--seed", "0", "--epochs", "15", "--out", t, *FAST)
     run_cli("extract-stats", "--teacher", t, "--data", DIGITS, "--out", s, *FAST)
-    run_cli("distill", "--teacher", t, "--stats", s, "--ipc-end", "10", "--iterations", "250", "--out", d, *FAST)
+    run_cli("distill", "--teacher", t, "--stats", s, "--shard", "i0-10_call", "--iterations", "250", "--out", d, *FAST)
     run_cli("relabel", "--images", d, "--teacher", t, "--epochs", "150", "--out", l, *FAST)
     run_cli("evaluate", "--images", d, "--labels", l, "--data", DIGITS, "--student", "convnet3", "--seed", "0",
             "--epochs", "150", "--out", r, *FAST)

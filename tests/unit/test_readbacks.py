@@ -20,6 +20,7 @@ import torch
 
 import d3s
 from d3s.hparams import DistillParams, EvalParams, RelabelParams
+from d3s.shard import Shard
 
 PACKAGE = str(Path(d3s.__file__).parent)
 READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -59,25 +60,25 @@ def per_step(run, n: int, steps_of) -> float:
 
 
 def test_distill_reads_back_less_than_once_per_step(tiny):
+    from d3s.artifacts.stats import load_stats
+    from d3s.artifacts.teacher import load_teacher
     from d3s.distill import distill
-    from d3s.stats import load_stats
-    from d3s.teacher import load_teacher
 
     teacher = load_teacher(tiny["teacher"])
     stats = [load_stats(tiny["stats"], teacher)]
 
     def run(iterations):
         params = DistillParams(iterations=iterations, batch_size=7)  # 20 images: 3 blocks per iteration
-        distill([teacher], stats, "positions", 0, 2, params, 0, torch.device("cpu"))
+        distill([teacher], stats, "positions", Shard(0, 2), params, 0, torch.device("cpu"))
 
     reads = per_step(run, 40, lambda it: 3 * it)
     assert reads <= 1.0, f"{reads:.2f} read-backs per distillation step"
 
 
 def test_student_training_reads_back_less_than_once_per_step(tiny):
+    from d3s.artifacts.images import load_synthetic
+    from d3s.artifacts.labels import SoftLabelStore
     from d3s.evaluate import train_student
-    from d3s.relabel import SoftLabelStore
-    from d3s.synthetic import load_synthetic
 
     synthetic = load_synthetic(tiny["images"])
     store = SoftLabelStore(tiny["labels"], synthetic, str(tiny["images"]))
@@ -93,9 +94,9 @@ def test_student_training_reads_back_less_than_once_per_step(tiny):
 
 
 def test_relabel_reads_back_at_most_once_per_step(tiny, tmp_path):
+    from d3s.artifacts.images import load_synthetic
+    from d3s.artifacts.teacher import load_teacher
     from d3s.relabel import generate_soft_labels
-    from d3s.synthetic import load_synthetic
-    from d3s.teacher import load_teacher
 
     teacher, synthetic = load_teacher(tiny["teacher"]), load_synthetic(tiny["images"])
 

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from d3s.artifacts.images import load_synthetic
 from d3s.errors import EXIT_PREEMPTED
-from d3s.synthetic import load_synthetic
 
 from ..conftest import run_cli
 
@@ -20,7 +20,7 @@ ITERATIONS = "250"  # x 3 minibatches: a few seconds of work, long enough to int
 
 
 def _distill_args(tiny, out, *extra):
-    return ["distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "2", "--batch-size", "7",
+    return ["distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-2_call", "--batch-size", "7",
             "--iterations", ITERATIONS, "--out", out, "--device", "cpu", "--threads", "1", *extra]
 
 
@@ -98,7 +98,7 @@ def test_checkpoint_of_another_config_is_not_reused(tiny, tmp_path):
 
 
 def test_teacher_training_killed_and_restarted_gives_the_same_teacher(tmp_path):
-    from d3s.teacher import load_teacher
+    from d3s.artifacts.teacher import load_teacher
 
     from ..conftest import DIGITS
 

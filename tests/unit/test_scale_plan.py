@@ -25,8 +25,8 @@ PRESETS = REPO / "config" / "presets"
 PLANNED = sorted(p for p in PRESETS.glob("*.yaml") if yaml.safe_load(p.read_text())["dataset"] in sp.SIZES)
 
 
-def plan_of(name: str, base=sp.BASE_CONFIG, throughput=None, **override):
-    config = sp.load_config(PRESETS / f"{name}.yaml", base=base)
+def plan_of(name: str, throughput=None, **override):
+    config = sp.load_config(PRESETS / f"{name}.yaml")
     config = sp.merge(config, override)
     entry = config["datasets"][config["dataset"]]
     tp = throughput or sp.published_throughput(entry["image_size"], entry["num_classes"])
@@ -54,11 +54,11 @@ def with_full(name: str) -> list[str]:
 @pytest.mark.parametrize("preset", PLANNED, ids=[p.stem for p in PLANNED])
 def test_job_counts_follow_the_workflow_formulas(preset):
     """The formulas of tests/workflow/test_workflow.py::test_every_preset_plans_its_dag, on the preset alone."""
-    config = sp.load_config(preset, base=None)
+    config = sp.load_config(preset)
     p = sp.plan(config, sp.SIZES, sp.published_throughput(config["datasets"][config["dataset"]].get("image_size") or 32))
     n_classes = config["datasets"][config["dataset"]].get("num_classes") or sp.SIZES[config["dataset"]].classes
-    per_ipc = [len(sp.shard_ranges(i, config["ipc_per_shard"])) for i in config["ipcs"]]
-    blocks = len(sp.class_blocks(n_classes, config["classes_per_shard"]))
+    per_ipc = [len(range(0, i, config["ipc_per_shard"])) for i in config["ipcs"]]
+    blocks = len(range(0, n_classes, config["classes_per_shard"])) if config["classes_per_shard"] else 1
     synth = len([m for m in config["methods"] if m in ("d3s", "sre2l")])
     per_ipc_methods = len([m for m in config["methods"] if m != "full"])
     jobs = {r["stage"]: r["jobs"] for r in p["stages"]}
@@ -88,28 +88,19 @@ def test_imagenet21k_p_plan_matches_its_dry_run():
     assert "evaluate_full" in p["not_in_dag"] and "train_teacher" in p["not_in_dag"]
 
 
-def test_the_base_config_is_merged_under_the_preset_and_the_schema_fills_the_rest():
-    base = yaml.safe_load(sp.BASE_CONFIG.read_text())
+def test_a_preset_is_a_whole_config_and_the_schema_fills_the_rest():
+    """As the Snakefile reads it: a preset replaces config/config.yaml (nothing of the digits run leaks in)."""
     schema = yaml.safe_load(sp.SCHEMA.read_text())["properties"]
     ckpt_defaults = {k: v["default"] for k, v in schema["checkpoint_every"]["properties"].items()}
     for name in ("imagenet1k", "imagenet21k_p", "tiny_imagenet"):
         preset = preset_doc(name)
-        merged = sp.load_config(PRESETS / f"{name}.yaml")
-        alone = sp.load_config(PRESETS / f"{name}.yaml", base=None)
-        # lists are replaced: the preset's methods, else the base config's, else the schema's default
-        assert merged["methods"] == preset.get("methods", base["methods"]), name
-        assert alone["methods"] == preset.get("methods", schema["methods"]["default"]), name
-        assert merged["teachers"]["archs"] == preset["teachers"]["archs"]  # not the base config's
-        # mappings merge: the base config's digits entry stays next to the preset's dataset
-        assert set(merged["datasets"]) == set(base["datasets"]) | set(preset["datasets"])
-        assert set(alone["datasets"]) == set(preset["datasets"])
-        assert merged["distill"]["iterations"] == preset["distill"]["iterations"]
-        # the schema fills what neither sets, key by key inside a mapping the preset sets in part
-        assert alone["checkpoint_every"] == {**ckpt_defaults, **preset.get("checkpoint_every", {})}, name
-        assert alone["datasets"][name]["memory_limit_mb"] == 2048 and alone["evaluate"]["full_epochs"] == 30
-    # tiny_imagenet sets no methods, so it inherits `full` from config/config.yaml; alone it gets the schema's
-    assert "full" in sp.load_config(PRESETS / "tiny_imagenet.yaml")["methods"]
-    assert sp.load_config(PRESETS / "tiny_imagenet.yaml", base=None)["methods"] == schema["methods"]["default"]
+        config = sp.load_config(PRESETS / f"{name}.yaml")
+        assert config["methods"] == preset.get("methods", schema["methods"]["default"]), name
+        assert set(config["datasets"]) == set(preset["datasets"])
+        assert config["distill"]["iterations"] == preset["distill"].get("iterations", 1000)
+        # the schema fills what the preset leaves out, key by key inside a mapping it sets in part
+        assert config["checkpoint_every"] == {**ckpt_defaults, **preset.get("checkpoint_every", {})}, name
+        assert config["datasets"][name]["memory_limit_mb"] == 2048
     for name in ("imagenet1k", "imagenet21k", "imagenet21k_p"):
         assert "full" not in sp.load_config(PRESETS / f"{name}.yaml")["methods"], name
         assert sp.load_config(PRESETS / f"{name}.yaml")["checkpoint_every"]["distill"] == 0, name
@@ -220,10 +211,15 @@ SMK_CONSTANTS = ("TORCH_MB", "PACK_MIN_CLASSES", "CPU_ACTIVATION_FACTOR", "TEST_
 def _smk_namespace(config: dict) -> dict:
     """The memory helpers of rules/common.smk, executed as they are written there."""
     text = (REPO / "rules" / "common.smk").read_text()
+    from d3s import settings
     from d3s import sweep as sweeps
+    from d3s.hparams import SECTIONS
+    from d3s.shard import Shard
+    from d3s.sources import get_source, source_names
 
     ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"], "sweeps": sweeps,
-          "SCHEMA": yaml.safe_load(sp.SCHEMA.read_text()), "DATASET": config.get("dataset")}
+          "settings": settings, "SECTIONS": SECTIONS, "Shard": Shard, "DATASET": config.get("dataset"),
+          "get_source": get_source, "source_names": source_names}
     for const in (*SMK_CONSTANTS, "VARIANT_WILDCARD"):
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
     for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
@@ -291,8 +287,8 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
     images = _images_file(tmp_path / "images.h5", (ipc * c, side, side, entry.get("channels", 3)))
     assert os.path.getsize(images) < 2**20  # the request follows the header's shape, not the file's size
     step, block = config["ipc_per_shard"], config["classes_per_shard"]
-    shard = SimpleNamespace(dataset=name, ipc=str(ipc), dv="default", start="0", end=str(min(step, ipc)),
-                            classes=f"0-{min(block, c)}" if block else "all")
+    shard = SimpleNamespace(dataset=name, ipc=str(ipc), dv="default",
+                            shard=f"i0-{min(step, ipc)}_c" + (f"0-{min(block, c)}" if block else "all"))
     plain = SimpleNamespace(dataset=name, ipc=str(ipc))
     cases = {"pack_index": (plain, _Input()), "pack_part": (plain, _Input()), "pack_merge": (plain, _Input()),
              "dataset_info": (plain, _Input()), "train_teacher": (plain, _Input()), "import_teacher": (plain, _Input()),
@@ -350,7 +346,7 @@ def test_student_jobs_hold_the_set_uncompressed():
 def test_shard_state_is_the_rules_formula():
     ns = _smk_namespace({"datasets": {"x": {"image_size": 224, "num_classes": 10_450}}, "prepare": {"dir": "packed"}})
     for start, end, classes in ((0, 2, "0-1000"), (18, 20, "10000-10450"), (0, 10, "all")):
-        w = SimpleNamespace(dataset="x", start=str(start), end=str(end), classes=classes)
+        w = SimpleNamespace(dataset="x", shard=f"i{start}-{end}_c{classes}")
         n = 10_450 if classes == "all" else int(classes.split("-")[1]) - int(classes.split("-")[0])
         assert sp.shard_state_mb(end - start, n, 224) == ns["shard_state_mb"](w)
 
@@ -365,7 +361,7 @@ def test_imagenet21k_p_preset():
     assert config["dataset"] == "imagenet21k_p" and entry["num_classes"] == 10_450
     assert entry["root"] == "data/imagenet21k_p" and entry["class_list"] == "data/imagenet21k_p/classes.txt"
     # the release is already 224 x 224: packed and tested as it is, no Resize -> CenterCrop
-    assert entry["val_dir"] == "val" and "eval_resize" not in entry and entry["image_size"] == 224 and entry["pack"] is True
+    assert entry.get("val_dir", "val") == "val" and "eval_resize" not in entry and entry["image_size"] == 224 and entry["pack"] is True
     assert config["prepare"] == {"parts": 64} and config["local_merge"] is False
     # its comments: "the packed file is 1.7 TB at 224 px"; "64 decode jobs, each ~170 k training images (~26 GB at 224 px)"
     size = sp.SIZES["imagenet21k_p"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import h5py
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from d3s.relabel import SoftLabelStore
-from d3s.stats import load_stats
-from d3s.synthetic import load_synthetic
-from d3s.teacher import load_teacher
+from d3s.artifacts.images import load_synthetic
+from d3s.artifacts.labels import SoftLabelStore
+from d3s.artifacts.stats import load_stats
+from d3s.artifacts.teacher import load_teacher
 from d3s.transforms import apply_views
 
 from ..conftest import DIGITS, FAST, run_cli
@@ -26,7 +26,7 @@ def test_help_lists_every_stage():
                   "evaluate", "summarize"):
         assert stage in out
     distill_help = run_cli("distill", "--help").output
-    assert "--ridge" in distill_help and "--ipc-end" in distill_help and "[default: 1000]" in distill_help
+    assert "--ridge" in distill_help and "--shard" in distill_help and "[default: 1000; x>0]" in distill_help
 
 
 def test_teacher_artifact_is_self_describing(tiny):
@@ -45,9 +45,10 @@ def test_teacher_artifact_is_self_describing(tiny):
 
 def test_stats_match_a_direct_computation(tiny):
     """The streamed statistics equal mean/cov of the hooked BN inputs over the whole training set."""
-    from d3s.data import DatasetSpec, load_dataset
+    from d3s.bn_inputs import BNInputRecorder
+    from d3s.data import load_dataset
+    from d3s.dataset_spec import DatasetSpec
     from d3s.gaussian import batch_moments, feature_samples
-    from d3s.stats import BNInputRecorder
 
     teacher = load_teacher(tiny["teacher"])
     layers = load_stats(tiny["stats"], teacher)
@@ -94,7 +95,7 @@ def test_merged_images_cover_every_class_and_ipc(tiny):
     # ordered by (ipc index, class), whatever order the shards were given in
     assert s.ipc_index.tolist() == [0] * 10 + [1] * 10
     assert s.labels.tolist() == list(range(10)) * 2
-    assert set(s.loss_curves) == {"ipc0-1", "ipc1-2"}
+    assert set(s.loss_curves) == {"i0-1_call", "i1-2_call"}
     assert all(len(c["total"]) == 15 for c in s.loss_curves.values())
     with h5py.File(tiny["images"]) as f:
         assert f.attrs["d3s_kind"] == "images" and f.attrs["ipc"] == 2
@@ -102,7 +103,7 @@ def test_merged_images_cover_every_class_and_ipc(tiny):
 
 
 def test_distillation_lowers_the_loss(tiny):
-    curves = load_synthetic(tiny["shard0"]).loss_curves["ipc0-1"]
+    curves = load_synthetic(tiny["shard0"]).loss_curves["i0-1_call"]
     assert curves["total"][-3:].mean() < curves["total"][:3].mean()
 
 
@@ -160,11 +161,11 @@ def test_summarize_tables(tiny, tmp_path):
 def test_same_seed_same_artifacts(tiny, tmp_path):
     """On the CPU a stage rerun with the same seed reproduces its artifact's content exactly."""
     again = tmp_path / "shard0.h5"
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", 0, "--ipc-end", 1,
+    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-1_call",
             "--iterations", "15", "--out", again, "--device", "cpu", "--threads", "2")
     a, b = load_synthetic(tiny["shard0"]), load_synthetic(again)
     np.testing.assert_array_equal(a.images, b.images)
-    np.testing.assert_array_equal(a.loss_curves["ipc0-1"]["total"], b.loss_curves["ipc0-1"]["total"])
+    np.testing.assert_array_equal(a.loss_curves["i0-1_call"]["total"], b.loss_curves["i0-1_call"]["total"])
     teacher2 = tmp_path / "teacher.h5"
     run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
             "--out", teacher2, "--device", "cpu", "--threads", "2")
@@ -174,11 +175,11 @@ def test_same_seed_same_artifacts(tiny, tmp_path):
 def test_shard_larger_than_a_minibatch_uses_moving_statistics(tiny, tmp_path):
     """20 images in minibatches of 7: three blocks, optimised in turn with whole-set EMA statistics."""
     out = tmp_path / "blocks.h5"
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "2", "--batch-size", "7",
+    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-2_call", "--batch-size", "7",
             "--iterations", "10", "--out", out, "--device", "cpu", "--threads", "2")
     s = load_synthetic(out)
     assert s.images.shape[0] == 20 and s.labels.tolist() == list(range(10)) * 2
-    curve = s.loss_curves["ipc0-2"]["total"]
+    curve = s.loss_curves["i0-2_call"]["total"]
     assert np.isfinite(curve).all() and curve[-1] < curve[0]
 
 
@@ -192,7 +193,7 @@ def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
     stats = ["--stats", tiny["stats"], "--stats", second_s]
     for mode in ("mean", "round_robin"):
         out = tmp_path / f"{mode}.h5"
-        run_cli("distill", *teachers, *stats, "--ipc-end", "1", "--iterations", "4", "--teacher-mode", mode,
+        run_cli("distill", *teachers, *stats, "--shard", "i0-1_call", "--iterations", "4", "--teacher-mode", mode,
                 "--out", out, "--device", "cpu")
         s = load_synthetic(out)
         assert len(s.teachers) == 2 and s.config["teacher_mode"] == mode
@@ -207,7 +208,7 @@ def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
         expected = (t0.model(x) + t1.model(x)) / 2
     torch.testing.assert_close(logits[:], expected, rtol=2e-3, atol=2e-2)
     store.close()
-    mismatched = run_cli("distill", *teachers, "--stats", tiny["stats"], "--ipc-end", "1", "--out", tmp_path / "x.h5",
+    mismatched = run_cli("distill", *teachers, "--stats", tiny["stats"], "--shard", "i0-1_call", "--out", tmp_path / "x.h5",
                          expect_ok=False)
     assert mismatched.exit_code != 0 and "2 --teacher but 1 --stats" in mismatched.output
 
@@ -217,8 +218,7 @@ def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
     shards = []
     for (a, b), (c0, c1) in [((0, 2), (0, 4)), ((0, 1), (4, 10)), ((1, 2), (4, 7)), ((1, 2), (7, 10))]:
         out = tmp_path / f"i{a}-{b}_c{c0}-{c1}.h5"
-        run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", a, "--ipc-end", b,
-                "--class-start", c0, "--class-end", c1, "--iterations", "3", "--out", out, "--device", "cpu")
+        run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", f"i{a}-{b}_c{c0}-{c1}", "--iterations", "3", "--out", out, "--device", "cpu")
         s = load_synthetic(out)
         assert sorted(set(s.labels.tolist())) == list(range(c0, c1))
         shards += ["--shard", out]
@@ -226,7 +226,7 @@ def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
     run_cli("merge", *shards, "--ipc", "2", "--out", merged)
     m = load_synthetic(merged)
     assert m.ipc_index.tolist() == [0] * 10 + [1] * 10 and m.labels.tolist() == list(range(10)) * 2
-    assert set(m.loss_curves) == {"ipc0-2_c0-4", "ipc0-1_c4-10", "ipc1-2_c4-7", "ipc1-2_c7-10"}
+    assert set(m.loss_curves) == {"i0-2_c0-4", "i0-1_c4-10", "i1-2_c4-7", "i1-2_c7-10"}
 
 
 def test_teachers_of_different_architectures_and_diagonal_ablation(tiny, tmp_path):
@@ -237,11 +237,11 @@ def test_teachers_of_different_architectures_and_diagonal_ablation(tiny, tmp_pat
     run_cli("extract-stats", "--teacher", deeper_t, "--data", DIGITS, "--out", deeper_s, "--device", "cpu")
     out = tmp_path / "mixed.h5"
     run_cli("distill", "--teacher", tiny["teacher"], "--teacher", deeper_t, "--stats", tiny["stats"], "--stats", deeper_s,
-            "--ipc-end", "2", "--batch-size", "7", "--iterations", "3", "--covariance", "diagonal", "--out", out,
+            "--shard", "i0-2_call", "--batch-size", "7", "--iterations", "3", "--covariance", "diagonal", "--out", out,
             "--device", "cpu")
     s = load_synthetic(out)
     assert len(s.teachers) == 2 and s.config["covariance"] == "diagonal"
-    assert np.isfinite(s.loss_curves["ipc0-2"]["match"]).all()
+    assert np.isfinite(s.loss_curves["i0-2_call"]["match"]).all()
 
 
 def test_bf16_training_learns_and_is_recorded(tiny, tmp_path):
@@ -269,14 +269,14 @@ def test_real_init_starts_from_the_random_baselines_images(tiny, tmp_path):
     """--init real with a zero learning rate returns its starting images: the random picks of the same slots."""
     picked, started = tmp_path / "random.h5", tmp_path / "start.h5"
     run_cli("select-real", "--data", DIGITS, "--teacher", tiny["teacher"], "--ipc", "2", "--seed", "3", "--out", picked)
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-start", "1", "--ipc-end", "2",
-            "--init", "real", "--data", DIGITS, "--lr", "0", "--iterations", "2", "--seed", "3", "--out", started, *FAST)
+    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i1-2_call",
+            "--init", "real", "--data", DIGITS, "--lr", "1e-9", "--iterations", "2", "--seed", "3", "--out", started, *FAST)
     random_set, start = load_synthetic(picked), load_synthetic(started)
     second = random_set.ipc_index == 1  # the shard covers IPC index 1 only
     np.testing.assert_array_equal(start.images, random_set.images[second])
     np.testing.assert_array_equal(start.labels, random_set.labels[second])
     assert json.loads(h5py.File(started).attrs["config"])["init"] == "real"
-    missing = run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--ipc-end", "1",
+    missing = run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-1_call",
                       "--init", "real", "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
     assert missing.exit_code != 0 and "--init real needs --data" in missing.output
 
@@ -284,9 +284,10 @@ def test_real_init_starts_from_the_random_baselines_images(tiny, tmp_path):
 @pytest.mark.parametrize("arch", ["convnet3_w32", "resnet18_cifar"])
 def test_first_layer_moments_through_input_patches_equal_direct(arch):
     """The shortcut (patch moments mapped by the first conv) gives the direct statistics of the first BN input."""
+    from d3s.bn_inputs import BNInputRecorder
     from d3s.gaussian import MomentAccumulator
     from d3s.models import build_model
-    from d3s.stats import BNInputRecorder, InputConvMoments
+    from d3s.stats import InputConvMoments
 
     torch.manual_seed(0)
     model = build_model(arch, 10, 3, 16).eval()
@@ -306,7 +307,8 @@ def test_first_layer_moments_through_input_patches_equal_direct(arch):
 
 
 def test_no_shortcut_when_something_sits_between_the_conv_and_the_first_bn():
-    from d3s.stats import BNInputRecorder, InputConvMoments
+    from d3s.bn_inputs import BNInputRecorder
+    from d3s.stats import InputConvMoments
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4)).eval()
     x = torch.randn(2, 3, 8, 8)

@@ -7,12 +7,18 @@ import matplotlib.axes
 import numpy as np
 import pytest
 
-from d3s import synthetic
 from d3s.artifacts import check_same_classes
+from d3s.artifacts import images as synthetic
+from d3s.artifacts.images import (
+    SyntheticSet,
+    load_synthetic,
+    merge_synthetic_to,
+    read_header,
+    read_rows,
+    save_synthetic,
+)
 from d3s.errors import D3SError
 from d3s.plots import drawn_rows, image_grid, plot_images, plot_losses
-from d3s.synthetic import (SyntheticSet, load_synthetic, merge_synthetic_to, read_header, read_rows,
-                           save_synthetic)
 
 CLASSES = [f"n{i:03d}" for i in range(5)]
 SIZE = 6  # px: rows of 6x6x3 uint8 images are 108 B

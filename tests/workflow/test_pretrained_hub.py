@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from d3s.teacher import load_teacher, weights_digest
+from d3s.artifacts.teacher import load_teacher, weights_digest
 from tests.unit.test_pretrained_hub import MODEL, hub_env, write_hub_cache
 from tests.workflow.test_workflow import TINY, _local_rules, planned_jobs_from, snakemake
 

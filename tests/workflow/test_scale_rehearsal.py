@@ -10,8 +10,8 @@ memory model in rules/common.smk is checked against what the jobs really use.
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
 import re
 from pathlib import Path
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from d3s.synthetic import load_synthetic
+from d3s.artifacts.images import load_synthetic
 
 from .test_workflow import REPO, SNAKEMAKE, TINY, snakemake
 
@@ -206,7 +206,7 @@ STEP_SECONDS_AT_LEAST = 95  # distillation work that one 2-minute attempt cannot
 def _seconds_per_step(workdir: Path) -> float:
     """Measured here, so that the interrupted job's length does not depend on this machine's speed."""
     args = [sys.executable, "-m", "d3s", "distill", "--teacher", "results/digits/teachers/convnet3_w32-s0.h5",
-            "--stats", "results/digits/stats/convnet3_w32-s0.h5", "--ipc-start", "0", "--ipc-end", "2", "--data",
+            "--stats", "results/digits/stats/convnet3_w32-s0.h5", "--shard", "i0-2_call", "--data",
             "{source: digits, hflip: false, crop_scale: [0.7, 1.0], val_per_class: 5}", "--seed", "0",
             "--device", "cpu", "--threads", "1", "--out", str(workdir / "probe.h5")]
     times = []

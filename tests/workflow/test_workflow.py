@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import yaml
 
@@ -195,7 +194,7 @@ def test_changing_relabel_keeps_distilled_images(finished_run):
 
 def test_changing_the_teacher_reruns_everything(finished_run):
     workdir, config = finished_run
-    changed = {**config, "teacher": {"epochs": 4}}
+    changed = {**config, "teacher_training": {"epochs": 4}}
     jobs = planned_jobs(workdir, changed)
     assert {"train_teacher", "extract_stats", "distill_shard", "relabel"} <= set(jobs)
 
@@ -207,6 +206,8 @@ def test_changing_the_teacher_reruns_everything(finished_run):
         ({"distill": {"iterations": "many"}}, "'many' is not of type 'integer'"),
         ({"ipcs": [0]}, "0 is less than the minimum of 1"),
         ({"dataset": "cifar"}, "dataset 'cifar' is not defined under 'datasets'"),
+        ({"teacher": {"epochs": 3}}, "the key `teacher` is now `teacher_training`"),
+        ({"methods": ["d3s", "dc"]}, "'dc' is not one of ['d3s', 'sre2l'"),
         ({"distill_by_ipc": {2: {"lr": "fast"}}}, "config: distill_by_ipc.2.lr: 'fast' is not of type 'number'"),
         ({"distill_by_ipc": {2: {"iterationz": 5}}}, "distill_by_ipc.2: Additional properties are not allowed"),
         ({"distill_by_ipc": {"two": {"lr": 0.1}}}, "'two' does not match"),
@@ -314,7 +315,7 @@ def test_a_new_dataset_by_config_only_runs_the_whole_dag(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["dataset"] = "my_images"
     config["datasets"] = {"my_images": {"source": "imagefolder", "root": "my_images", "image_size": 8}}
-    config["teacher"] = {"epochs": 5, "batch_size": 12}
+    config["teacher_training"] = {"epochs": 5, "batch_size": 12}
     config["methods"], config["labels"] = ["d3s"], ["soft"]
     snakemake(tmp_path, config=config)
     rows = (tmp_path / "results/my_images/summary.tsv").read_text().splitlines()

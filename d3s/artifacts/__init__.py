@@ -3,6 +3,17 @@
 Every artifact's root carries `d3s_kind`, `format_version`, `code_version`, `created_utc`,
 `config` (JSON), `seed`, `classes` (the class order) and `inputs` (JSON: what it was made from),
 so a file found on disk says what it is without the workflow that made it.
+
+This package holds each artifact type's format: its record, reader and writer, one module a type,
+so a stage imports the formats it reads, never the stage that wrote them.
+
+  teacher   d3s_kind 'teacher': a trained or imported network's weights and input format
+  stats     d3s_kind 'stats': per-layer Gaussian moments of a teacher's BatchNorm inputs
+  images    d3s_kind 'images': distilled or selected images (shards and merged sets)
+  labels    d3s_kind 'labels': soft labels per (label epoch, image)
+  result    a student's result JSON (evaluate writes it, summary reads it)
+
+The helpers below are shared by all of them (and by the dataset-info and prepared-dataset files).
 """
 
 from __future__ import annotations
@@ -13,13 +24,14 @@ import functools
 import json
 import os
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import h5py
 
-from . import __version__
-from .errors import D3SError
+from .. import __version__
+from ..errors import D3SError
 
 FORMAT_VERSION = 1
 
@@ -27,7 +39,7 @@ FORMAT_VERSION = 1
 @functools.cache
 def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one (``+dirty`` if edited)."""
-    src = Path(__file__).resolve().parent
+    src = Path(__file__).resolve().parents[1]  # the d3s package
     try:
         commit = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
@@ -72,7 +84,7 @@ def write_provenance(
     f.attrs["d3s_kind"] = kind
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["code_version"] = code_version()
-    f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["created_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     f.attrs["config"] = json.dumps(config, sort_keys=True)
     f.attrs["seed"] = -1 if seed is None else int(seed)
     f.attrs["classes"] = [str(c) for c in classes]

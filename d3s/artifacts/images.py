@@ -1,6 +1,7 @@
-"""The distilled-images artifact ('images'): uint8 images, labels, IPC indices, loss curves, provenance.
+"""The images artifact ('images'): uint8 images, labels, IPC indices, loss curves, provenance.
 
-Distillation shards and the merged set share this format, so every later stage reads either.
+Distillation shards, the merged set and the real-image selections share this format, so every later
+stage reads any of them. Torch-free: merging shards and drawing figures import no torch.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .artifacts import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
-from .errors import D3SError
+from ..errors import D3SError
+from . import atomic_path, check_same_classes, open_artifact, read_classes, read_json_attr, write_provenance
 
 
 @dataclass
@@ -165,7 +166,8 @@ def load_loss_curves(path: str | Path) -> tuple[str, int, dict[str, dict[str, np
 
 def _plan_merge(paths: list[str], shards: list[SyntheticHeader],
                 expected_ipc: int | None) -> tuple[SyntheticHeader, np.ndarray]:
-    """Check the shards form one set; return the merged header and `order` (concatenated shard row of each merged row)."""
+    """Check the shards form one set; return the merged header and `order` (the concatenated shards' row of
+    each merged row)."""
     first = shards[0]
     for p, s in zip(paths, shards):
         if not len(s.labels) == len(s.ipc_index) == s.image_shape[0]:
@@ -175,7 +177,8 @@ def _plan_merge(paths: list[str], shards: list[SyntheticHeader],
         check_same_classes(first.classes, paths[0], s.classes, p)
         for key in ("method", "teachers", "norm_mean", "norm_std", "config", "seed"):
             if getattr(s, key) != getattr(first, key):
-                raise D3SError(f"merge: {p} has a different {key} than {paths[0]}; shards of one set must come from one run")
+                raise D3SError(f"merge: {p} has a different {key} than {paths[0]}; "
+                               "shards of one set must come from one run")
         if s.image_shape[1:] != first.image_shape[1:] or s.image_dtype != first.image_dtype:
             raise D3SError(f"merge: {p} holds {s.image_dtype} images of shape {s.image_shape[1:]}, {paths[0]} "
                            f"{first.image_dtype} images of shape {first.image_shape[1:]}")

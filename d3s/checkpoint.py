@@ -22,6 +22,7 @@ every rank stops after the same epoch and torchrun exits 1 (Snakemake retries ei
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 import os
 import shutil
 import signal
@@ -71,6 +72,24 @@ def stop_requested() -> bool:
 
 DEFAULT_MINUTES = 15.0
 STOP_FILE = "stopped.json"  # which signal stopped the run that saved the checkpoint beside it
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where and how often a stage checkpoints: the --resume-dir, --checkpoint-every and
+    --checkpoint-minutes of its command (no directory: never)."""
+
+    directory: str | None = None
+    every: int = 0
+    minutes: float = DEFAULT_MINUTES
+
+    def checkpointer(self, fingerprint: dict[str, Any], every: int | None = None) -> "Checkpointer":
+        """The stage's Checkpointer for a run described by `fingerprint` (`every`: this stage's own count)."""
+        return Checkpointer(self.directory, fingerprint, self.every if every is None else every, self.minutes)
+
+    def for_seed(self, seed: int) -> "CheckpointPlan":
+        """The plan of one of several students a job trains one after another: a folder each."""
+        return replace(self, directory=os.path.join(self.directory, f"seed{seed}")) if self.directory else self
 
 
 class Checkpointer:

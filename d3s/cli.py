@@ -91,7 +91,7 @@ def _runtime_options(fn):
             if world > 1 and threads:  # --threads is the job's: each of its processes gets a share
                 threads = max(1, threads // world)
             configure(threads, kwargs.get("seed"))
-            if kwargs.get("resume_dir"):  # only stages that can checkpoint defer a stop signal
+            if getattr(kwargs.get("checkpoints"), "directory", None):  # only a stage that checkpoints defers a stop
                 install_stop_handlers()
             run_on = distributed.init_from_env(resolve_device(device))
             configure_speed(run_on, channels_last, compile_models)
@@ -119,8 +119,19 @@ def _resume_options(stage: str, every: int, unit: str):
                           help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on a stop signal: SIGTERM, SIGUSR1, SIGURG)")(fn)
         fn = click.option("--resume-dir", type=click.Path(file_okay=False), default=None,
                           help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
-                               "checkpoint of the same config, inputs, class order and code; removed after success")(fn)
+                               "checkpoint of the same config, inputs, class order and code; removed after success")(plan(fn))
         return fn
+
+    def plan(fn):
+        """The three options as one value: the stage gets `checkpoints` (a checkpoint.CheckpointPlan)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args, resume_dir, checkpoint_every, checkpoint_minutes, **kwargs):
+            from .checkpoint import CheckpointPlan
+
+            return fn(*args, checkpoints=CheckpointPlan(resume_dir, checkpoint_every, checkpoint_minutes), **kwargs)
+
+        return wrapper
 
     return deco
 
@@ -243,7 +254,7 @@ def dataset_info_cmd(data, out, device, threads):
 @_hparam_options(RealTrainingParams)
 @_resume_options("teacher", 5, "epochs")
 @_runtime_options
-def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
+def train_teacher_cmd(data, info, arch, seed, out, checkpoints, device, threads, **kw):
     """Train a teacher on the real training set; record its test accuracy.
 
     Writes OUT with the weights (plain HDF5 datasets, no pickle), the normalisation, class
@@ -253,7 +264,7 @@ def train_teacher_cmd(data, info, arch, seed, out, resume_dir, checkpoint_every,
     from .teacher import train_teacher
 
     train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info,
-                  resume_dir, checkpoint_every, checkpoint_minutes)
+                  checkpoints)
 
 
 @main.command("import-teacher")
@@ -310,7 +321,7 @@ def fetch_pretrained_cmd(name, out, verbose):
 @_hparam_options(StatsParams)
 @_resume_options("stats", 1000, "batches")
 @_runtime_options
-def extract_stats_cmd(teacher, data, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
+def extract_stats_cmd(teacher, data, seed, out, checkpoints, device, threads, **kw):
     """Mean and full covariance of every BatchNorm input of TEACHER over the real training set."""
     from .artifacts.teacher import load_teacher
     from .dataset_spec import DatasetSpec
@@ -318,7 +329,7 @@ def extract_stats_cmd(teacher, data, seed, out, resume_dir, checkpoint_every, ch
 
     p = _take(StatsParams, kw)
     run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), p.pooling, p.batch_size, out, device,
-                      threads, p.views, p.crop_scale_min, seed, resume_dir, checkpoint_every, checkpoint_minutes)
+                      threads, p.views, p.crop_scale_min, seed, checkpoints)
 
 
 @main.command("distill")
@@ -337,8 +348,7 @@ def extract_stats_cmd(teacher, data, seed, out, resume_dir, checkpoint_every, ch
 @_hparam_options(DistillParams)
 @_resume_options("distill", 500, "optimisation steps")
 @_runtime_options
-def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, resume_dir, checkpoint_every,
-                checkpoint_minutes, device, threads, **kw):
+def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, checkpoints, device, threads, **kw):
     """Synthesise the images of one SHARD (IPC indices x classes) with the D3S objective (or --method's).
 
     Minimises the per-layer Gaussian KL between real and synthetic BatchNorm-input statistics
@@ -348,7 +358,6 @@ def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, re
     from .artifacts.stats import load_stats, stats_pooling
     from .artifacts.teacher import load_teachers
     from .baselines import initial_images
-    from .checkpoint import Checkpointer
     from .distill import distill
     from .shard import Shard
 
@@ -360,10 +369,10 @@ def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, re
     layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if needs_stats else None
     pooling = stats_pooling(list(stats)) if needs_stats else "positions"
     params = _take(DistillParams, kw)
-    checkpoint = Checkpointer(resume_dir, {
+    checkpoint = checkpoints.checkpointer({
         "stage": "distill", "method": method, "params": dataclasses.asdict(params), "pooling": pooling, "seed": seed,
         "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes, "shard": str(shard),
-    }, checkpoint_every, checkpoint_minutes)
+    })
     start_pixels = initial_images(params.init, loaded, shard, seed, data, init_images)
     result = distill(loaded, layer_stats, pooling, shard, params, seed, device, method, checkpoint, start_pixels)
     result.inputs["stats"] = list(stats)
@@ -416,57 +425,71 @@ def merge_cmd(shards, ipc, out):
 @_hparam_options(RelabelParams)
 @_resume_options("relabel", 10, "label epochs (whole rounds of one epoch per process)")
 @_runtime_options
-def relabel_cmd(images, teachers, seed, out, resume_dir, checkpoint_every, checkpoint_minutes, device, threads, **kw):
+def relabel_cmd(images, teachers, seed, out, checkpoints, device, threads, **kw):
     """Soft labels per (epoch, image): a seeded crop/flip view and the teachers' mean logits (fp16)."""
     from .artifacts.images import load_synthetic
     from .artifacts.teacher import load_teachers
     from .relabel import generate_soft_labels
 
     generate_soft_labels(load_teachers(list(teachers), device), load_synthetic(images), images,
-                         _take(RelabelParams, kw), seed, out, device, resume_dir, checkpoint_every, checkpoint_minutes)
+                         _take(RelabelParams, kw), seed, out, device, checkpoints)
+
+
+def _student_options(fn):
+    """--student, --seed (repeatable), --dataset-name, --variant, --out (one per seed): what a student run is."""
+    for option in reversed([
+        click.option("--student", required=True, help="student architecture (built-in or timm name)"),
+        click.option("--seed", "seeds", type=int, multiple=True, default=(0,),
+                     help="seed of the student's initialisation and batch order; repeat to train one student per seed, "
+                          "one after another (one --out each)"),
+        click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)"),
+        click.option("--variant", default="default", show_default=True,
+                     help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)"),
+        click.option("--out", "outs", required=True, multiple=True, type=output,
+                     help="result file to write (.json); one per --seed, in the same order"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _each_seed(seeds, outs, checkpoints):
+    """(seed, out, checkpoint plan) of each student a command trains: with several seeds, a checkpoint folder each."""
+    if len(seeds) != len(outs):
+        raise D3SError(f"{len(seeds)} --seed but {len(outs)} --out: give one result file per seed")
+    for seed, out in zip(seeds, outs):
+        yield seed, out, (checkpoints.for_seed(seed) if len(seeds) > 1 else checkpoints)
 
 
 @main.command("evaluate")
 @click.option("--images", required=True, type=existing, help="images artifact (.h5)")
 @click.option("--labels", type=existing, default=None, help="soft-label artifact (.h5); needed for --label-mode soft")
 @_data_option
-@click.option("--student", required=True, help="student architecture (built-in or timm name)")
-@click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
-@click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
-@click.option("--variant", default="default", show_default=True,
-              help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)")
-@click.option("--out", required=True, type=output, help="result file to write (.json)")
+@_student_options
 @_hparam_options(EvalParams)
 @_resume_options("evaluate", 50, "epochs")
 @_runtime_options
-def evaluate_cmd(images, labels, data, student, seed, dataset_name, variant, out, resume_dir, checkpoint_every, checkpoint_minutes,
-                 device, threads, **kw):
+def evaluate_cmd(images, labels, data, student, seeds, dataset_name, variant, outs, checkpoints, device, threads, **kw):
     """Train a student from scratch on the distilled set; report final-epoch top-1/top-5 on the real test set."""
     from .artifacts.images import load_synthetic
     from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate
 
-    spec = DatasetSpec.parse(data)
-    run_evaluate(load_synthetic(images), images, labels, spec, student, _take(EvalParams, kw), seed, out, device,
-                 threads, meta={"dataset": dataset_name or spec.name, "variant": variant}, resume_dir=resume_dir,
-                 checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
+    spec, params, synthetic = DatasetSpec.parse(data), _take(EvalParams, kw), load_synthetic(images)
+    for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
+        run_evaluate(synthetic, images, labels, spec, student, params, seed, out, device, threads,
+                     meta={"dataset": dataset_name or spec.name, "variant": variant}, checkpoints=seed_checkpoints)
 
 
 @main.command("evaluate-full")
 @_data_option
 @click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
               help="teacher artifact(s): normalisation, and online soft labels in soft mode")
-@click.option("--student", required=True, help="student architecture (built-in or timm name)")
-@click.option("--seed", type=int, default=0, help="seed of the student's initialisation and batch order")
-@click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)")
-@click.option("--variant", default="default", show_default=True,
-              help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)")
-@click.option("--out", required=True, type=output, help="result file to write (.json)")
+@_student_options
 @_hparam_options(EvalParams)
 @_resume_options("evaluate_full", 0, "epochs")
 @_runtime_options
-def evaluate_full_cmd(data, teachers, student, seed, dataset_name, variant, out, resume_dir, checkpoint_every, checkpoint_minutes,
-                      device, threads, **kw):
+def evaluate_full_cmd(data, teachers, student, seeds, dataset_name, variant, outs, checkpoints, device, threads,
+                      **kw):
     """The 'full' upper bound: a student trained on the whole real training set (FULL_EPOCHS epochs).
 
     Soft mode uses the teachers' mean logits on each augmented batch (online); hard mode the labels.
@@ -475,10 +498,10 @@ def evaluate_full_cmd(data, teachers, student, seed, dataset_name, variant, out,
     from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate_full
 
-    spec = DatasetSpec.parse(data)
-    run_evaluate_full(load_teachers(list(teachers), device), spec, student, _take(EvalParams, kw), seed, out, device,
-                      threads, meta={"dataset": dataset_name or spec.name, "variant": variant}, resume_dir=resume_dir,
-                      checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes)
+    spec, params, loaded = DatasetSpec.parse(data), _take(EvalParams, kw), load_teachers(list(teachers), device)
+    for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
+        run_evaluate_full(loaded, spec, student, params, seed, out, device, threads,
+                          meta={"dataset": dataset_name or spec.name, "variant": variant}, checkpoints=seed_checkpoints)
 
 
 @main.command("summarize")

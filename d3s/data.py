@@ -269,11 +269,8 @@ def _from_arrays(spec, train_x, train_y, test_x, test_y, classes, where) -> Load
 
 def load_digits(spec: DatasetSpec) -> LoadedDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), split per class with a seed."""
-    from sklearn import datasets
-
-    bunch = datasets.load_digits()
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # N,8,8,1
-    labels = bunch.target.astype(np.int64)
+    pixels, labels = digits_arrays()
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[..., None]  # N,8,8,1
     rng = np.random.default_rng(spec.split_seed)
     test_idx = []
     for c in np.unique(labels):
@@ -281,8 +278,24 @@ def load_digits(spec: DatasetSpec) -> LoadedDataset:
         test_idx.extend(rng.choice(idx, size=int(round(len(idx) * spec.test_fraction)), replace=False))
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[np.asarray(test_idx, dtype=np.int64)] = True
-    classes = [str(int(c)) for c in bunch.target_names]
+    classes = [str(c) for c in range(10)]
     return _from_arrays(spec, images[~is_test], labels[~is_test], images[is_test], labels[is_test], classes, "digits")
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as sklearn.datasets.load_digits gives them (images [1797, 8, 8] of 0..16, labels), read from
+    the file scikit-learn ships, without importing scikit-learn: that import (~1.7 s) was most of a small
+    job's start-up, in every job of the embedded default."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise D3SError("dataset source 'digits' needs scikit-learn installed (it ships the digits)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def load_hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedDataset:

@@ -19,7 +19,7 @@ from .artifacts.images import SyntheticSet
 from .artifacts.labels import SoftLabelStore, images_digest
 from .artifacts.result import student_result, write_result
 from .artifacts.teacher import Teacher
-from .checkpoint import DEFAULT_MINUTES, Checkpointer
+from .checkpoint import CheckpointPlan, Checkpointer
 from .data import ImagesOnDevice, batches_per_epoch, load_dataset
 from .dataset_spec import DatasetSpec
 from .distributed import ranks
@@ -115,9 +115,7 @@ def run_evaluate(
     device: torch.device,
     threads: int = 0,
     meta: dict | None = None,
-    resume_dir: str | None = None,
-    checkpoint_every: int = 0,
-    checkpoint_minutes: float = DEFAULT_MINUTES,
+    checkpoints: CheckpointPlan = CheckpointPlan(),
 ) -> dict:
     data = load_dataset(spec, splits=("val", "test"))  # a student of distilled images never sees the training set
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
@@ -132,10 +130,10 @@ def run_evaluate(
         store = SoftLabelStore(labels_path, synthetic, images_path)
         if params.epochs > store.epochs:
             log.warning("student trains %d epochs on %d label epochs: labels are cycled", params.epochs, store.epochs)
-    checkpoint = Checkpointer(resume_dir, {
+    checkpoint = checkpoints.checkpointer({
         "stage": "evaluate", "student": student_arch, "params": asdict(params), "seed": seed, "classes": synthetic.classes,
         "images": images_digest(synthetic.images), "labels": {**store.config, **store.identity} if store else None,
-    }, checkpoint_every, checkpoint_minutes)
+    })
     t0 = time.perf_counter()
     try:
         model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
@@ -173,19 +171,17 @@ def run_evaluate_full(
     device: torch.device,
     threads: int = 0,
     meta: dict | None = None,
-    resume_dir: str | None = None,
-    checkpoint_every: int = 0,
-    checkpoint_minutes: float = DEFAULT_MINUTES,
+    checkpoints: CheckpointPlan = CheckpointPlan(),
 ) -> dict:
     """The upper bound: a student trained on the whole real training set, teacher soft labels online (or hard)."""
     data = load_dataset(spec, splits=("train", "val", "test"))
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     normalizer = t0.normalizer(device)
-    checkpoint = Checkpointer(resume_dir, {
+    checkpoint = checkpoints.checkpointer({
         "stage": "evaluate-full", "student": student_arch, "params": asdict(params), "seed": seed, "classes": data.classes,
         "teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict(),
-    }, checkpoint_every, checkpoint_minutes)
+    })
     torch.manual_seed(seed)
     model = build_model(student_arch, data.num_classes, data.channels, data.image_size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)

@@ -23,7 +23,7 @@ from .artifacts import atomic_path, check_same_classes
 from .artifacts.images import SyntheticSet
 from .artifacts.labels import LabelWriter, images_digest, is_labels_file, pack_logits, packed_epoch
 from .artifacts.teacher import Teacher
-from .checkpoint import DEFAULT_MINUTES, Checkpointer
+from .checkpoint import CheckpointPlan
 from .data import ImagesOnDevice
 from .distributed import barrier, ranks
 from .engine import run_epochs
@@ -47,9 +47,7 @@ def generate_soft_labels(
     seed: int,
     out: str,
     device: torch.device,
-    resume_dir: str | None = None,
-    checkpoint_every: int = 0,
-    checkpoint_minutes: float = DEFAULT_MINUTES,
+    checkpoints: CheckpointPlan = CheckpointPlan(),
 ) -> None:
     """Write OUT with each label epoch's views and the teachers' mean logits on them.
 
@@ -59,7 +57,7 @@ def generate_soft_labels(
     rank 0, which writes: every epoch has its own view stream, so on the CPU the file is
     bit-identical to a 1-process run's (on GPUs, up to the convolution algorithms each process picks).
 
-    With `resume_dir` the file is written there (PARTIAL) and moved onto OUT at the end. A
+    With a checkpoint directory the file is written there (PARTIAL) and moved onto OUT at the end. A
     checkpoint, after a round every N label epochs (rounded up to whole rounds) or M minutes
     and on a stop signal, flushes it and records how many rounds it holds: a restart reopens it
     and continues with the next round. Its datasets are allocated when created, so writing a
@@ -80,11 +78,11 @@ def generate_soft_labels(
     models = [maybe_compile(prepare_model(t.model, device)) for t in teachers]
     r = ranks()
     digest = images_digest(synthetic.images)
-    checkpoint = Checkpointer(resume_dir, {
+    checkpoint = checkpoints.checkpointer({
         "stage": "relabel", "params": asdict(params), "seed": seed, "images": digest, "classes": synthetic.classes,
         "teachers": [[t.weights_sha256, t.mean, t.std, t.image_size, t.hflip] for t in teachers],
         "processes": r.world,  # a checkpoint counts rounds of `processes` label epochs
-    }, -(-checkpoint_every // r.world), checkpoint_minutes)
+    }, every=-(-checkpoints.every // r.world))
     partial = checkpoint.dir / PARTIAL if checkpoint.enabled else None
     if r.main and partial is not None and (checkpoint.dir / "state.pt").exists() and not is_labels_file(partial):
         log.warning("relabel: %s is missing or unreadable: starting over", partial)

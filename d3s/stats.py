@@ -17,7 +17,7 @@ from .artifacts import check_same_classes
 from .artifacts.stats import LayerStats, save_stats
 from .artifacts.teacher import Teacher
 from .bn_inputs import BNInputRecorder
-from .checkpoint import DEFAULT_MINUTES, Checkpointer
+from .checkpoint import CheckpointPlan, Checkpointer
 from .data import evaluation_loader, load_dataset
 from .dataset_spec import DatasetSpec
 from .distributed import Ranks
@@ -175,19 +175,19 @@ def _restore_moments(state: dict, accs: list[MomentAccumulator], first: InputCon
 
 
 def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0,
-                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0, resume_dir: str | None = None,
-                      checkpoint_every: int = 0, checkpoint_minutes: float = DEFAULT_MINUTES) -> None:
+                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0,
+                      checkpoints: CheckpointPlan = CheckpointPlan()) -> None:
     data = load_dataset(spec, splits=("train",))
     workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
     # Views crop the stored training image (as training did); plain images are its centre crop (as the test protocol)
     images = data.train if views else data.train_plain
-    checkpoint = Checkpointer(resume_dir, {
+    checkpoint = checkpoints.checkpointer({
         "stage": "extract-stats", "teacher": teacher.weights_sha256, "normalisation": [teacher.mean, teacher.std],
         "image_size": teacher.image_size, "hflip": teacher.hflip, "classes": teacher.classes, "dataset": spec.to_dict(),
         "n_images": len(images), "pooling": pooling, "batch_size": batch_size, "views": views,
         "crop_scale_min": crop_scale_min if views else None, "seed": seed if views else None,
-    }, checkpoint_every, checkpoint_minutes)
+    })
     layers = extract_stats(teacher, images, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed,
                            checkpoint)
     config = {"pooling": pooling, "batch_size": batch_size, "views": views}

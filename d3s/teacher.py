@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .artifacts import check_same_classes
 from .artifacts.teacher import read_checkpoint, save_teacher, weights_digest
-from .checkpoint import DEFAULT_MINUTES, Checkpointer
+from .checkpoint import CheckpointPlan
 from .data import LoadedDataset, batches_per_epoch, channel_moments, load_dataset
 from .dataset_info import read_dataset_info
 from .dataset_spec import DatasetSpec
@@ -70,15 +70,12 @@ def train_teacher(
     device: torch.device,
     threads: int = 0,
     info: str | None = None,
-    resume_dir: str | None = None,
-    checkpoint_every: int = 0,
-    checkpoint_minutes: float = DEFAULT_MINUTES,
+    checkpoints: CheckpointPlan = CheckpointPlan(),
 ) -> dict:
     data = load_dataset(spec)
     mean, std, norm_source = normalisation(data, info, threads)
-    checkpoint = Checkpointer(resume_dir, {"stage": "train-teacher", "arch": arch, "params": asdict(params), "seed": seed,
-                                           "dataset": spec.to_dict(), "classes": data.classes, "mean": mean, "std": std},
-                              checkpoint_every, checkpoint_minutes)
+    checkpoint = checkpoints.checkpointer({"stage": "train-teacher", "arch": arch, "params": asdict(params), "seed": seed,
+                                           "dataset": spec.to_dict(), "classes": data.classes, "mean": mean, "std": std})
     torch.manual_seed(seed)
     model = build_model(arch, data.num_classes, data.channels, data.image_size)
     bn_layers(model, f"architecture '{arch}'")

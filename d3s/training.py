@@ -6,7 +6,7 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
 from torch import nn
 from torch.utils.data import Dataset
 

@@ -687,6 +687,35 @@ def input_option(flag, key=None):
     return option
 
 
+def output_option(flag):
+    """A params function that turns the rule's output files into repeated `flag` options."""
+
+    def option(wildcards, output):
+        return repeat_option(flag, list(output))
+
+    return option
+
+
+# Student seeds: one job each, or (seeds_in_one_job) one job for all of a student's seeds.
+def seed_files(pattern):
+    """A student rule's outputs: `pattern` (a {seed} wildcard), or one file per seed of eval_seeds."""
+    if not config["seeds_in_one_job"]:
+        return pattern
+    return expand(pattern, seed=config["eval_seeds"], allow_missing=True)
+
+
+def seed_name(pattern):
+    """A student job's log or benchmark file: per seed, or named for all seeds."""
+    if not config["seeds_in_one_job"]:
+        return pattern
+    return pattern.replace("{seed}", "-".join(map(str, config["eval_seeds"])))
+
+
+def seed_options(wildcards):
+    seeds = [wildcards.seed] if "seed" in wildcards.keys() else config["eval_seeds"]
+    return " ".join(f"--seed {s}" for s in seeds)
+
+
 def print_summary(paths):
     """Show the results table at the end of a successful run."""
     for path in paths:

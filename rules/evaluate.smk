@@ -5,11 +5,17 @@ rule evaluate_student:
         images="results/{dataset}/{method}/ipc{ipc}/{dv}/images.h5",
         labels=soft_labels_file,
     output:
-        "results/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.json",
+        seed_files(
+            "results/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.json"
+        ),
     log:
-        "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.log",
+        seed_name(
+            "logs/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.log"
+        ),
     benchmark:
-        "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.tsv"
+        seed_name(
+            "logs/bench/evaluate_student/{dataset}/{method}/ipc{ipc}/{dv}/{labelset}/{ev}/{student}-s{seed}.tsv"
+        )
     conda:
         "../envs/d3s.yaml"
     threads: 1
@@ -25,12 +31,14 @@ rule evaluate_student:
         mode=label_mode,
         variant=lambda wildcards: f"{wildcards.dv}/{wildcards.labelset}/{wildcards.ev}",
         opts=evaluate_options,
+        seeds=seed_options,
+        outs=output_option("--out"),
         device=config["device"],
     shell:
         "exec {params.d3s} evaluate --images {input.images} {params.labels} --label-mode {params.mode} --data {params.data:q} "
-        "--student {wildcards.student} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
+        "--student {wildcards.student} {params.seeds} --dataset-name {wildcards.dataset} "
         "--variant {params.variant:q} {params.opts} --device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
-        "--out {output} > {log} 2>&1"
+        "{params.outs} > {log} 2>&1"
 
 
 rule evaluate_full:
@@ -38,11 +46,13 @@ rule evaluate_full:
         data=dataset_input,
         teachers=teacher_files,
     output:
-        "results/{dataset}/full/{labelmode}/{ev}/{student}-s{seed}.json",
+        seed_files("results/{dataset}/full/{labelmode}/{ev}/{student}-s{seed}.json"),
     log:
-        "logs/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.log",
+        seed_name("logs/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.log"),
     benchmark:
-        "logs/bench/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.tsv"
+        seed_name(
+            "logs/bench/evaluate_full/{dataset}/{labelmode}/{ev}/{student}-s{seed}.tsv"
+        )
     conda:
         "../envs/d3s.yaml"
     threads: 2
@@ -57,13 +67,15 @@ rule evaluate_full:
         teachers=input_option("--teacher", "teachers"),
         variant=lambda wildcards: f"{wildcards.labelmode}/{wildcards.ev}",
         opts=evaluate_options,
+        seeds=seed_options,
+        outs=output_option("--out"),
         device=config["device"],
     shell:
         "exec {params.d3s} evaluate-full --data {params.data:q} {params.teachers} --student {wildcards.student} "
-        "--label-mode {wildcards.labelmode} --seed {wildcards.seed} --dataset-name {wildcards.dataset} "
+        "--label-mode {wildcards.labelmode} {params.seeds} --dataset-name {wildcards.dataset} "
         "--variant {params.variant:q} {params.opts} "
         "--device {params.device} --threads {threads} --resume-dir {params.resume_dir} "
-        "--out {output} > {log} 2>&1"
+        "{params.outs} > {log} 2>&1"
 
 
 rule summarize:

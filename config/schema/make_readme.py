@@ -32,7 +32,8 @@ NOTES = {
     ("relabel", "epochs"): "FKD-style per-epoch views **[peer]**; the paper uses teacher soft labels **[paper]**",
     ("evaluate", "temperature"): "KL at temperature T without T^2 **[peer]**; the protocol is recorded in every result",
 }
-RUN_KEYS = ["dataset", "methods", "ipcs", "ipc_per_shard", "classes_per_shard", "students", "eval_seeds", "seed", "device", "local_merge", "distill_by_ipc"]
+RUN_KEYS = ["dataset", "methods", "ipcs", "ipc_per_shard", "classes_per_shard", "students", "eval_seeds", "seeds_in_one_job",
+            "seed", "device", "local_merge", "distill_by_ipc"]
 
 
 def _fmt(value) -> str:

@@ -229,3 +229,15 @@ def test_real_images_are_read_in_chunks_with_the_same_result(tmp_path):
         assert whole.dtype == torch.uint8 and whole.shape == (12, 3, size, size)
         assert torch.equal(real_images(data, chosen, slots, size, chunk=5), whole)
     assert torch.equal(real_images(data, chosen, slots, 16)[4], data.train[int(chosen[1][1])][0])  # slot (1, 1)
+
+
+def test_digits_are_read_as_scikit_learn_loads_them():
+    """The digits source reads scikit-learn's shipped file without importing scikit-learn (start-up)."""
+    from sklearn.datasets import load_digits
+
+    from d3s.data import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)

@@ -136,6 +136,23 @@ def test_result_records_the_protocol(tiny):
     assert 355 <= r["n_test"] <= 365  # 20% of each digits class
 
 
+def test_seeds_in_one_process_give_the_results_of_one_process_each(tiny, tmp_path):
+    """evaluate --seed 1 --seed 0 (the workflow's seeds_in_one_job) = one run per seed, to the bit."""
+    student = ["--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS, "--student", "convnet3_w32",
+               "--epochs", "3", *FAST]
+    together = [tmp_path / "a1.json", tmp_path / "a0.json"]
+    run_cli("evaluate", *student, "--seed", "1", "--seed", "0", "--out", together[0], "--out", together[1])
+    alone = tmp_path / "b1.json"
+    run_cli("evaluate", *student, "--seed", "1", "--out", alone)
+    first, second, single = (json.loads(p.read_text()) for p in (*together, alone))
+    assert (first["seed"], second["seed"]) == (1, 0)
+    for key in ("top1", "top5", "val_top1", "protocol"):
+        assert first[key] == single[key], key
+    assert second["top1"] == json.loads(tiny["result"].read_text())["top1"]  # seed 0, as the fixture's run
+    mismatch = run_cli("evaluate", *student, "--seed", "1", "--seed", "2", "--out", alone, expect_ok=False)
+    assert mismatch.exit_code != 0 and "2 --seed but 1 --out" in mismatch.output
+
+
 def test_summarize_tables(tiny, tmp_path):
     second = tmp_path / "r1.json"
     r = json.loads(tiny["result"].read_text())

@@ -263,6 +263,13 @@ def test_workflow_is_lint_clean_and_formatted():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["ruff check", "ruff format"])
+def test_python_is_lint_clean_and_formatted(command):
+    """The package, tests and benchmarks pass `ruff check` and `ruff format --check` (pyproject.toml: lines 120)."""
+    done = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 PRESETS = sorted((REPO / "config" / "presets").glob("*.yaml"))
 
 

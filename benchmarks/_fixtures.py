@@ -16,9 +16,20 @@ def random_teacher(arch: str = "convnet3", classes: int = 10, channels: int = 3,
     model = build_model(arch, classes, channels, size).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Teacher(path=f"<random {arch}>", model=model, arch=arch, classes=[str(i) for i in range(classes)],
-                   mean=[0.5] * channels, std=[0.25] * channels, image_size=size, channels=channels, hflip=True,
-                   weights_sha256=weights_digest(model.state_dict()), test_top1=0.0, dataset={})
+    return Teacher(
+        path=f"<random {arch}>",
+        model=model,
+        arch=arch,
+        classes=[str(i) for i in range(classes)],
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+        image_size=size,
+        channels=channels,
+        hflip=True,
+        weights_sha256=weights_digest(model.state_dict()),
+        test_top1=0.0,
+        dataset={},
+    )
 
 
 def real_like_stats(teacher: Teacher, n: int = 256) -> list[LayerStats]:

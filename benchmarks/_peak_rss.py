@@ -9,8 +9,10 @@ from pathlib import Path
 
 # A wrapper that runs the command and prints its children's peak RSS (KB on Linux): the command's own,
 # not this interpreter's.
-PEAK_RSS = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); " \
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+PEAK_RSS = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
 
 
 def d3s(*args) -> list[str]:

@@ -29,8 +29,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(tree: Path, workdir: Path, cores: str, env: dict) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(tree / "Snakefile"), "--directory", str(workdir),
-                    "--cores", cores, "--quiet", "all"], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(tree / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--cores",
+            cores,
+            "--quiet",
+            "all",
+        ],
+        check=True,
+        env=env,
+    )
     return time.perf_counter() - t0
 
 
@@ -90,8 +105,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="d3s-old-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.old], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.old],
+            check=True,
+            capture_output=True,
+        )
         try:
             old = measure(tree, args.cores)
         finally:

@@ -51,10 +51,11 @@ from d3s.training import accuracy  # noqa: E402
 
 # (label, architecture, pixels, classes, batch, steps): steps are the extra steps each timing adds
 CASES = {
-    "gpu": [("Tiny-ImageNet-like", "resnet18_cifar", 64, 200, 256, 30),
-            ("ImageNet-like", "resnet18", 224, 1000, 256, 20)],
-    "cpu": [("CIFAR-like", "convnet3", 32, 10, 64, 6),
-            ("Tiny-ImageNet-shaped", "resnet18", 64, 200, 64, 4)],
+    "gpu": [
+        ("Tiny-ImageNet-like", "resnet18_cifar", 64, 200, 256, 30),
+        ("ImageNet-like", "resnet18", 224, 1000, 256, 20),
+    ],
+    "cpu": [("CIFAR-like", "convnet3", 32, 10, 64, 6), ("Tiny-ImageNet-shaped", "resnet18", 64, 200, 64, 4)],
     "tiny": [("tiny", "convnet3_w32", 16, 10, 16, 4)],
 }
 
@@ -119,10 +120,19 @@ def peak_memory(device: torch.device, out: dict, key: str):
 
 def random_set(n: int, classes: int, size: int, seed: int = 0) -> SyntheticSet:
     rng = np.random.default_rng(seed)
-    return SyntheticSet(images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                        labels=np.arange(n) % classes, ipc_index=np.arange(n) // classes,
-                        classes=[str(c) for c in range(classes)], method="random", teachers=["-"],
-                        norm_mean=[0.5] * 3, norm_std=[0.25] * 3, hflip=True, config={}, seed=0)
+    return SyntheticSet(
+        images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        labels=np.arange(n) % classes,
+        ipc_index=np.arange(n) // classes,
+        classes=[str(c) for c in range(classes)],
+        method="random",
+        teachers=["-"],
+        norm_mean=[0.5] * 3,
+        norm_std=[0.25] * 3,
+        hflip=True,
+        config={},
+        seed=0,
+    )
 
 
 def check_case(label, arch, size, classes, batch, steps, device, workers) -> dict:
@@ -137,8 +147,14 @@ def check_case(label, arch, size, classes, batch, steps, device, workers) -> dic
         synthetic = random_set(n, classes, size)
 
         def train(epochs, precision=precision, synthetic=synthetic):
-            train_student(synthetic, None, arch, EvalParams(epochs=epochs, batch_size=batch, label_mode="hard",
-                                                            precision=precision), 0, device)
+            train_student(
+                synthetic,
+                None,
+                arch,
+                EvalParams(epochs=epochs, batch_size=batch, label_mode="hard", precision=precision),
+                0,
+                device,
+            )
 
         with peak_memory(device, fig, f"train_{precision}_peak_gib"):
             train(1)  # warm-up: kernels chosen, allocator filled
@@ -148,8 +164,10 @@ def check_case(label, arch, size, classes, batch, steps, device, workers) -> dic
     fig["train_bf16_over_fp32"] = fig["train_bf16_img_s"] / fig["train_fp32_img_s"]
 
     # -- inference through the workflow's loader (accuracy) and the statistics pass over the same images
-    data = ArrayImageDataset(np.random.default_rng(1).integers(0, 256, (batch * (steps + 2), size, size, 3), dtype=np.uint8),
-                             np.zeros(batch * (steps + 2), dtype=np.int64))
+    data = ArrayImageDataset(
+        np.random.default_rng(1).integers(0, 256, (batch * (steps + 2), size, size, 3), dtype=np.uint8),
+        np.zeros(batch * (steps + 2), dtype=np.int64),
+    )
     short = torch.utils.data.Subset(data, range(batch * 2))
     norm = teacher.normalizer(device)
 
@@ -189,14 +207,17 @@ def check_case(label, arch, size, classes, batch, steps, device, workers) -> dic
         for precision in ("fp32", "bf16"):
             params = DistillParams(iterations=10_000, batch_size=batch, precision=precision)
             with BNInputRecorder(teacher.model, teacher.path) as rec:
-                objective = (GaussianMatching([teacher], [rec], [layer_stats], "positions", params, device)
-                             if method == "d3s" else RunningStatsMatching([teacher], [rec], params))
+                objective = (
+                    GaussianMatching([teacher], [rec], [layer_stats], "positions", params, device)
+                    if method == "d3s"
+                    else RunningStatsMatching([teacher], [rec], params)
+                )
                 labels_cpu = torch.arange(batch) % classes
                 init = torch.randn(batch, 3, size, size, generator=generator(0, 1)).to(device)
                 synthesis = Synthesis([teacher], [rec], objective, labels_cpu, init, params, generator(0, 2), device)
                 counter = iter(range(10**9))
 
-                def step(k):
+                def step(k, synthesis=synthesis, counter=counter):
                     for _ in range(k):
                         synthesis.step(next(counter))
 
@@ -216,7 +237,9 @@ def check_case(label, arch, size, classes, batch, steps, device, workers) -> dic
             relabel_params = lambda e, p=precision: RelabelParams(epochs=e, batch_size=batch, precision=p)  # noqa: E731
 
             def relabel(epochs, synthetic=synthetic, rp=relabel_params):
-                generate_soft_labels([teacher], synthetic, "<random>", rp(epochs), 0, Path(tmp) / f"l{epochs}.h5", device)
+                generate_soft_labels(
+                    [teacher], synthetic, "<random>", rp(epochs), 0, Path(tmp) / f"l{epochs}.h5", device
+                )
 
             with peak_memory(device, fig, f"relabel_{precision}_peak_gib"):
                 relabel(1)
@@ -227,19 +250,28 @@ def check_case(label, arch, size, classes, batch, steps, device, workers) -> dic
 
 
 ROWS = [
-    ("student training fp32 (img/s)", "train_fp32_img_s"), ("student training bf16 (img/s)", "train_bf16_img_s"),
+    ("student training fp32 (img/s)", "train_fp32_img_s"),
+    ("student training bf16 (img/s)", "train_bf16_img_s"),
     ("  bf16 / fp32", "train_bf16_over_fp32"),
-    ("inference through the loader (img/s)", "inference_img_s"), ("statistics pass (img/s)", "stats_img_s"),
+    ("inference through the loader (img/s)", "inference_img_s"),
+    ("statistics pass (img/s)", "stats_img_s"),
     ("  statistics / inference", "stats_over_inference"),
     ("plain teacher fwd+bwd on the batch (ms)", "plain_fwd_bwd_ms"),
-    ("D3S step fp32 (ms)", "d3s_step_fp32_ms"), ("D3S step bf16 forward (ms)", "d3s_step_bf16_ms"),
+    ("D3S step fp32 (ms)", "d3s_step_fp32_ms"),
+    ("D3S step bf16 forward (ms)", "d3s_step_bf16_ms"),
     ("SRe2L step fp32 (ms)", "sre2l_step_fp32_ms"),
-    ("  D3S step / plain fwd+bwd", "d3s_step_over_plain"), ("  D3S / SRe2L step", "d3s_over_sre2l"),
-    ("relabel fp32 (img/s)", "relabel_fp32_img_s"), ("relabel bf16 (img/s)", "relabel_bf16_img_s"),
-    ("read-backs per step: training / D3S / relabel",
-     ("train_bf16_syncs_per_step", "d3s_step_fp32_syncs", "relabel_fp32_syncs_per_step")),
-    ("peak GPU memory (GiB): training / stats / D3S step",
-     ("train_fp32_peak_gib", "stats_peak_gib", "d3s_step_fp32_peak_gib")),
+    ("  D3S step / plain fwd+bwd", "d3s_step_over_plain"),
+    ("  D3S / SRe2L step", "d3s_over_sre2l"),
+    ("relabel fp32 (img/s)", "relabel_fp32_img_s"),
+    ("relabel bf16 (img/s)", "relabel_bf16_img_s"),
+    (
+        "read-backs per step: training / D3S / relabel",
+        ("train_bf16_syncs_per_step", "d3s_step_fp32_syncs", "relabel_fp32_syncs_per_step"),
+    ),
+    (
+        "peak GPU memory (GiB): training / stats / D3S step",
+        ("train_fp32_peak_gib", "stats_peak_gib", "d3s_step_fp32_peak_gib"),
+    ),
 ]
 
 
@@ -253,10 +285,14 @@ def _cell(fig: dict, key) -> str:
 
 
 def render(figs: list[dict], device: torch.device) -> str:
-    head = "| figure | " + " | ".join(f"{f['case']}: {f['arch']} {f['pixels']} px, {f['classes']} classes, batch {f['batch']}"
-                                      for f in figs) + " |"
-    lines = [f"device: {_device_name(device)}; torch {torch.__version__}", "", head,
-             "|---|" + "---|" * len(figs)]
+    head = (
+        "| figure | "
+        + " | ".join(
+            f"{f['case']}: {f['arch']} {f['pixels']} px, {f['classes']} classes, batch {f['batch']}" for f in figs
+        )
+        + " |"
+    )
+    lines = [f"device: {_device_name(device)}; torch {torch.__version__}", "", head, "|---|" + "---|" * len(figs)]
     lines += [f"| {name} | " + " | ".join(_cell(f, key) for f in figs) + " |" for name, key in ROWS]
     return "\n".join(lines)
 
@@ -277,7 +313,11 @@ def main(argv=None) -> list[dict]:
     device = resolve_device(args.device)
     configure_speed(device)  # cudnn.benchmark, channels_last on CUDA: the workflow's defaults
     size = args.size or ("gpu" if device.type == "cuda" else "cpu")
-    workers = args.workers if args.workers is not None else (min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0)
+    workers = (
+        args.workers
+        if args.workers is not None
+        else (min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0)
+    )
     figs = []
     for case in CASES[size]:
         t0 = time.perf_counter()

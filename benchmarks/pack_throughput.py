@@ -58,8 +58,11 @@ MODELS = ("resnet18", "convnet3_w32")
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its reaped children (DataLoader workers, once joined)."""
-    return sum(getattr(resource.getrusage(who), k) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for k in ("ru_utime", "ru_stime"))
+    return sum(
+        getattr(resource.getrusage(who), k)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for k in ("ru_utime", "ru_stime")
+    )
 
 
 def add_grain(root: Path, sigma: float, seed: int = 0) -> None:
@@ -87,9 +90,17 @@ def pack(spec: DatasetSpec, work: Path, threads: int) -> dict:
     merge_packed([str(part)], str(out))
     t3, c3 = time.perf_counter(), cpu_seconds()
     part.unlink()
-    return {"path": out, "images": counts["train"] + counts["test"], "index": t1 - t0, "part": t2 - t1,
-            "merge": t3 - t2, "total": t3 - t0, "workers": result["workers"], "threads": threads,
-            "cpu": c3 - c0}
+    return {
+        "path": out,
+        "images": counts["train"] + counts["test"],
+        "index": t1 - t0,
+        "part": t2 - t1,
+        "merge": t3 - t2,
+        "total": t3 - t0,
+        "workers": result["workers"],
+        "threads": threads,
+        "cpu": c3 - c0,
+    }
 
 
 def make_teacher(arch: str, packed_spec: DatasetSpec, work: Path, threads: int, device: torch.device):
@@ -114,15 +125,26 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=10, help="training images per class")
     ap.add_argument("--val-per-class", type=int, default=1)
-    ap.add_argument("--grain", type=float, default=16.0, help="std of the Gaussian grain added to the JPEGs "
-                    "(0: the smooth upscaled photos as tests/imagenet_like.py writes them)")
-    ap.add_argument("--threads", type=int, default=2, help="packing is timed with 1 and with this many threads; "
-                    "the statistics passes use this many")
+    ap.add_argument(
+        "--grain",
+        type=float,
+        default=16.0,
+        help="std of the Gaussian grain added to the JPEGs "
+        "(0: the smooth upscaled photos as tests/imagenet_like.py writes them)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="packing is timed with 1 and with this many threads; the statistics passes use this many",
+    )
     ap.add_argument("--batch", type=int, default=64, help="statistics pass batch size")
     ap.add_argument("--repeats", type=int, default=1, help="statistics passes per (model, source); median reported")
     ap.add_argument("--models", default=",".join(MODELS), help="teachers of part (b), comma-separated ('': skip (b))")
     ap.add_argument("--device", default="cpu", help="device of the statistics passes: cpu, cuda, auto (as the CLI)")
-    ap.add_argument("--keep", type=Path, default=None, help="work in DIR and keep the folder, packed files and artifacts")
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="work in DIR and keep the folder, packed files and artifacts"
+    )
     args = ap.parse_args()
     if not CIFAR.exists():
         sys.exit(f"{CIFAR} not found: the ImageNet-like folder is made from its photos")
@@ -132,81 +154,135 @@ def main() -> None:
     configure_speed(device)  # as the CLI does (channels-last and cuDNN autotuning on CUDA)
     try:
         t0 = time.perf_counter()
-        folder = make_imagenet_like(work / "folder", classes=args.classes, per_class=args.per_class,
-                                    val_per_class=args.val_per_class, sizes=IMAGENET_SIZES)
+        folder = make_imagenet_like(
+            work / "folder",
+            classes=args.classes,
+            per_class=args.per_class,
+            val_per_class=args.val_per_class,
+            sizes=IMAGENET_SIZES,
+        )
         if args.grain:
             add_grain(work / "folder", args.grain)
         made = time.perf_counter() - t0
         jpeg_mb = sum(p.stat().st_size for p in (work / "folder").rglob("*.JPEG")) / 2**20
-        raw = {"name": "inlike", "source": "imagefolder", "root": str(folder.root), "val_labels": str(folder.val_labels),
-               "class_list": str(folder.class_list), "image_size": IMAGE_SIZE, "eval_resize": EVAL_RESIZE,
-               "num_classes": args.classes, "mean": MEAN, "std": STD}
+        raw = {
+            "name": "inlike",
+            "source": "imagefolder",
+            "root": str(folder.root),
+            "val_labels": str(folder.val_labels),
+            "class_list": str(folder.class_list),
+            "image_size": IMAGE_SIZE,
+            "eval_resize": EVAL_RESIZE,
+            "num_classes": args.classes,
+            "mean": MEAN,
+            "std": STD,
+        }
         raw_spec = DatasetSpec.from_dict(raw)
-        print(f"ImageNet-like folder: {args.classes} classes, {folder.n_train} train + {folder.n_val} val JPEGs "
-              f"(grain {args.grain:g}, {jpeg_mb / (folder.n_train + folder.n_val) * 1024:.0f} KB each, sizes {IMAGENET_SIZES}), made in {made:.1f} s")
+        print(
+            f"ImageNet-like folder: {args.classes} classes, {folder.n_train} train + {folder.n_val} val JPEGs "
+            f"(grain {args.grain:g}, {jpeg_mb / (folder.n_train + folder.n_val) * 1024:.0f} KB each, "
+            f"sizes {IMAGENET_SIZES}), made in {made:.1f} s"
+        )
         print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, statistics on {device}")
 
         # (a) packing throughput
-        print(f"\n(a) prepare stage (write_index + pack_part + merge_packed, 1 part) at image_size {IMAGE_SIZE}, "
-              f"eval_resize {EVAL_RESIZE}")
+        print(
+            f"\n(a) prepare stage (write_index + pack_part + merge_packed, 1 part) at image_size {IMAGE_SIZE}, "
+            f"eval_resize {EVAL_RESIZE}"
+        )
         packs = {}
         for threads in sorted({1, args.threads}):
             p = packs[threads] = pack(raw_spec, work, threads)
             decoders = max(1, p["workers"])
             rate = p["images"] / p["total"]
-            print(f"  threads {threads} ({p['workers']} decode workers): {p['images']} images in {p['total']:6.1f} s "
-                  f"(index {p['index']:.2f} s, pack {p['part']:.1f} s, merge {p['merge']:.2f} s): "
-                  f"{rate:6.1f} img/s overall, {rate / threads:6.1f} img/s per core, "
-                  f"{p['images'] / p['part'] / decoders:6.1f} img/s per decode process (pack step); "
-                  f"{p['images'] / p['cpu']:6.1f} img per CPU-second")
+            print(
+                f"  threads {threads} ({p['workers']} decode workers): {p['images']} images in {p['total']:6.1f} s "
+                f"(index {p['index']:.2f} s, pack {p['part']:.1f} s, merge {p['merge']:.2f} s): "
+                f"{rate:6.1f} img/s overall, {rate / threads:6.1f} img/s per core, "
+                f"{p['images'] / p['part'] / decoders:6.1f} img/s per decode process (pack step); "
+                f"{p['images'] / p['cpu']:6.1f} img per CPU-second"
+            )
         best = min(packs.values(), key=lambda p: p["total"])
         packed_mb = best["path"].stat().st_size / 2**20
-        print(f"  packed file: {packed_mb:.0f} MB ({packed_mb / best['images'] * 1024:.0f} KB an image, "
-              f"uncompressed uint8; JPEG folder {jpeg_mb:.0f} MB)")
+        print(
+            f"  packed file: {packed_mb:.0f} MB ({packed_mb / best['images'] * 1024:.0f} KB an image, "
+            f"uncompressed uint8; JPEG folder {jpeg_mb:.0f} MB)"
+        )
 
         # (b) statistics pass, packed vs raw
         torch.set_num_threads(args.threads)
-        packed_spec = DatasetSpec.from_dict({"name": "inlike", "source": "hdf5", "path": str(best["path"]),
-                                             "memory_limit_mb": 0, "num_classes": args.classes, "mean": MEAN, "std": STD})
+        packed_spec = DatasetSpec.from_dict(
+            {
+                "name": "inlike",
+                "source": "hdf5",
+                "path": str(best["path"]),
+                "memory_limit_mb": 0,
+                "num_classes": args.classes,
+                "mean": MEAN,
+                "std": STD,
+            }
+        )
         if args.models:
-            print(f"\n(b) statistics pass (run_extract_stats, pooling positions, batch {args.batch}, {args.threads} threads: "
-                  f"{args.threads - 1} loader workers) over the {folder.n_train} training images at {IMAGE_SIZE} px")
+            print(
+                f"\n(b) statistics pass (run_extract_stats, pooling positions, batch {args.batch}, {args.threads} threads: "
+                f"{args.threads - 1} loader workers) over the {folder.n_train} training images at {IMAGE_SIZE} px"
+            )
         for arch in filter(None, args.models.split(",")):
             teacher = make_teacher(arch, packed_spec, work, args.threads, device)
             params = sum(p.numel() for p in teacher.model.parameters()) / 1e6
             times, cpu = {"raw": [], "packed": []}, {"raw": [], "packed": []}
-            for r in range(args.repeats):  # interleaved: raw, packed, raw, packed ...
+            for _ in range(args.repeats):  # interleaved: raw, packed, raw, packed ...
                 for source, spec in (("raw", raw_spec), ("packed", packed_spec)):
                     c0, t0 = cpu_seconds(), time.perf_counter()
-                    run_extract_stats(teacher, spec, "positions", args.batch, str(work / f"stats_{arch}_{source}.h5"),
-                                      device, args.threads)
+                    run_extract_stats(
+                        teacher,
+                        spec,
+                        "positions",
+                        args.batch,
+                        str(work / f"stats_{arch}_{source}.h5"),
+                        device,
+                        args.threads,
+                    )
                     times[source].append(time.perf_counter() - t0)
                     cpu[source].append(cpu_seconds() - c0)
             t_raw, t_packed = statistics.median(times["raw"]), statistics.median(times["packed"])
-            diff = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)) for a, b in
-                       zip(layer_means(work / f"stats_{arch}_raw.h5"), layer_means(work / f"stats_{arch}_packed.h5")))
+            diff = max(
+                float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+                for a, b in zip(
+                    layer_means(work / f"stats_{arch}_raw.h5"), layer_means(work / f"stats_{arch}_packed.h5")
+                )
+            )
             n = folder.n_train
             print(f"  teacher {arch} ({params:.1f} M parameters):")
             for source, t in (("raw folder ", t_raw), ("packed file", t_packed)):
                 key = source.split()[0]
                 runs = ", ".join(f"{v:.1f}" for v in times[key])
-                print(f"    {source}: {n / t:7.1f} img/s ({t:6.1f} s; runs {runs} s), "
-                      f"{1e3 * statistics.median(cpu[key]) / n:6.1f} CPU-ms an image")
+                print(
+                    f"    {source}: {n / t:7.1f} img/s ({t:6.1f} s; runs {runs} s), "
+                    f"{1e3 * statistics.median(cpu[key]) / n:6.1f} CPU-ms an image"
+                )
             c_raw, c_packed = statistics.median(cpu["raw"]), statistics.median(cpu["packed"])
-            print(f"    ratio packed / raw: {t_raw / t_packed:.2f}x wall, {c_raw / c_packed:.2f}x CPU   (max relative difference of the layer means: {diff:.1e})")
+            print(
+                f"    ratio packed / raw: {t_raw / t_packed:.2f}x wall, {c_raw / c_packed:.2f}x CPU   "
+                f"(max relative difference of the layer means: {diff:.1e})"
+            )
             saved = t_raw - t_packed
             # the pack covers train + test images; a stats pass reads train only: scale the pack to the train share
             pack_train = best["total"] * n / best["images"]
             if saved > 0:
-                print(f"    one-off pack ({best['total']:.1f} s for train + test, {pack_train:.1f} s for the train images at "
-                      f"threads {best['threads']}) = {pack_train / t_raw:.2f} raw passes; "
-                      f"saves {saved:.1f} s a pass, paid for after {pack_train / saved:.2f} statistics passes")
+                print(
+                    f"    one-off pack ({best['total']:.1f} s for train + test, {pack_train:.1f} s for the train images at "
+                    f"threads {best['threads']}) = {pack_train / t_raw:.2f} raw passes; "
+                    f"saves {saved:.1f} s a pass, paid for after {pack_train / saved:.2f} statistics passes"
+                )
             else:
                 print(f"    one-off pack ({pack_train:.1f} s for the train images): no wall-time saving per pass here")
             cpu_saved, pack_cpu = c_raw - c_packed, best["cpu"] * n / best["images"]
             if cpu_saved > 0:
-                print(f"    in CPU time: pack {pack_cpu:.1f} CPU-s for the train images, saves {cpu_saved:.1f} CPU-s a pass, "
-                      f"paid for after {pack_cpu / cpu_saved:.2f} statistics passes")
+                print(
+                    f"    in CPU time: pack {pack_cpu:.1f} CPU-s for the train images, saves {cpu_saved:.1f} CPU-s a pass, "
+                    f"paid for after {pack_cpu / cpu_saved:.2f} statistics passes"
+                )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

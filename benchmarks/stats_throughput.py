@@ -44,8 +44,9 @@ def main() -> None:
     teacher = random_teacher(size=args.size)
     teacher.model.to(device)
     rng = np.random.default_rng(0)
-    dataset = ArrayImageDataset(rng.integers(0, 256, (args.n, args.size, args.size, 3), dtype=np.uint8),
-                                np.zeros(args.n, dtype=np.int64))
+    dataset = ArrayImageDataset(
+        rng.integers(0, 256, (args.n, args.size, args.size, 3), dtype=np.uint8), np.zeros(args.n, dtype=np.int64)
+    )
     plain, stats = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()

@@ -29,8 +29,16 @@ from d3s.shard import Shard  # noqa: E402
 
 def run(method, teacher, stats, params, device) -> float:
     t0 = time.perf_counter()
-    distill([teacher], [stats] if method == "d3s" else None, "positions",
-            Shard(0, params.batch_size // len(teacher.classes)), params, 0, device, method=method)
+    distill(
+        [teacher],
+        [stats] if method == "d3s" else None,
+        "positions",
+        Shard(0, params.batch_size // len(teacher.classes)),
+        params,
+        0,
+        device,
+        method=method,
+    )
     return time.perf_counter() - t0
 
 
@@ -75,7 +83,9 @@ def main() -> None:
         for tgt, (m, c) in zip(targets, moments):
             gaussian_kl(tgt, m, c)
     t_kl = (time.perf_counter() - t0) / reps
-    print(f"d3s extra per step (forward only): covariances {1000 * t_cov:.1f} ms, Cholesky + KL (float64) {1000 * t_kl:.1f} ms")
+    print(
+        f"d3s extra per step (forward only): covariances {1000 * t_cov:.1f} ms, Cholesky + KL (float64) {1000 * t_kl:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

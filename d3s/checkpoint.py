@@ -22,11 +22,11 @@ every rank stops after the same epoch and torchrun exits 1 (Snakemake retries ei
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,11 @@ class CheckpointPlan:
     every: int = 0
     minutes: float = DEFAULT_MINUTES
 
-    def checkpointer(self, fingerprint: dict[str, Any], every: int | None = None) -> "Checkpointer":
+    def checkpointer(self, fingerprint: dict[str, Any], every: int | None = None) -> Checkpointer:
         """The stage's Checkpointer for a run described by `fingerprint` (`every`: this stage's own count)."""
         return Checkpointer(self.directory, fingerprint, self.every if every is None else every, self.minutes)
 
-    def for_seed(self, seed: int) -> "CheckpointPlan":
+    def for_seed(self, seed: int) -> CheckpointPlan:
         """The plan of one of several students a job trains one after another: a folder each."""
         return replace(self, directory=os.path.join(self.directory, f"seed{seed}")) if self.directory else self
 
@@ -101,10 +101,18 @@ class Checkpointer:
     With several processes only rank 0 writes; every rank reads.
     """
 
-    def __init__(self, directory: str | os.PathLike | None, fingerprint: dict[str, Any], every: int,
-                 minutes: float = DEFAULT_MINUTES, clock=time.monotonic):
+    def __init__(
+        self,
+        directory: str | os.PathLike | None,
+        fingerprint: dict[str, Any],
+        every: int,
+        minutes: float = DEFAULT_MINUTES,
+        clock=time.monotonic,
+    ):
         self.dir = Path(directory) if directory else None
-        self.fingerprint = json.loads(json.dumps({**fingerprint, "code_version": code_version()}, sort_keys=True, default=str))
+        self.fingerprint = json.loads(
+            json.dumps({**fingerprint, "code_version": code_version()}, sort_keys=True, default=str)
+        )
         self.every = max(0, int(every))
         self.minutes = max(0.0, float(minutes))
         self._clock = clock
@@ -130,8 +138,12 @@ class Checkpointer:
         except (OSError, json.JSONDecodeError):
             found = None
         if found != self.fingerprint:
-            diff = sorted(k for k in set(self.fingerprint) | set(found or {}) if (found or {}).get(k) != self.fingerprint.get(k))
-            log.warning("checkpoint in %s was made with a different %s: starting over", self.dir, ", ".join(diff) or "format")
+            diff = sorted(
+                k for k in set(self.fingerprint) | set(found or {}) if (found or {}).get(k) != self.fingerprint.get(k)
+            )
+            log.warning(
+                "checkpoint in %s was made with a different %s: starting over", self.dir, ", ".join(diff) or "format"
+            )
             self.clear()
             return None
         state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=True)
@@ -197,9 +209,15 @@ def _rank() -> int:
 
 def training_state(step: int, model, optimiser, schedule, generators: dict[str, torch.Generator], **extra) -> dict:
     """The state of a model-training loop after `step` epochs: weights, optimiser, schedule, every RNG."""
-    return {"step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-            "generators": {name: g.get_state() for name, g in generators.items()}, **extra}
+    return {
+        "step": step,
+        "model": model.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "schedule": schedule.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+        **extra,
+    }
 
 
 def restore_training_state(state: dict, model, optimiser, schedule, generators: dict[str, torch.Generator]) -> int:

@@ -28,10 +28,13 @@ def _hparam_options(cls):
             name = f.name.replace("_", "-")
             help_text = f.metadata.get("help", "")
             if isinstance(f.default, bool):
-                fn = click.option(f"--{name}/--no-{name}", f.name, default=f.default, show_default=True, help=help_text)(fn)
+                fn = click.option(
+                    f"--{name}/--no-{name}", f.name, default=f.default, show_default=True, help=help_text
+                )(fn)
             else:
-                fn = click.option(f"--{name}", f.name, type=_option_type(f), default=f.default, show_default=True,
-                                  help=help_text)(fn)
+                fn = click.option(
+                    f"--{name}", f.name, type=_option_type(f), default=f.default, show_default=True, help=help_text
+                )(fn)
         return fn
 
     return deco
@@ -63,17 +66,37 @@ MULTI_PROCESS_STAGES = ("train-teacher", "evaluate", "evaluate-full", "relabel")
 def _runtime_options(fn):
     """--device, --threads, --channels-last, --compile, --verbose: where and how fast a stage runs."""
     fn = click.option("--verbose", is_flag=True, help="debug logging")(fn)
-    fn = click.option("--compile/--no-compile", "compile_models", default=False, show_default=True,
-                      envvar="D3S_COMPILE", show_envvar=True,
-                      help="torch.compile the trained / relabelling models (minutes of start-up; for long GPU jobs)")(fn)
-    fn = click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                      envvar="D3S_CHANNELS_LAST", show_envvar=True,
-                      help="NHWC memory format for models and batches; auto: on CUDA only")(fn)
-    fn = click.option("--threads", type=int, default=None,
-                      help="CPU threads for torch, for the whole job: split over torchrun's processes (default: torch's choice)")(fn)
-    fn = click.option("--device", default="auto", show_default=True,
-                      help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N; under torchrun each rank "
-                           "takes the GPU of its LOCAL_RANK")(fn)
+    fn = click.option(
+        "--compile/--no-compile",
+        "compile_models",
+        default=False,
+        show_default=True,
+        envvar="D3S_COMPILE",
+        show_envvar=True,
+        help="torch.compile the trained / relabelling models (minutes of start-up; for long GPU jobs)",
+    )(fn)
+    fn = click.option(
+        "--channels-last",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        show_default=True,
+        envvar="D3S_CHANNELS_LAST",
+        show_envvar=True,
+        help="NHWC memory format for models and batches; auto: on CUDA only",
+    )(fn)
+    fn = click.option(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch, for the whole job: split over torchrun's processes (default: torch's choice)",
+    )(fn)
+    fn = click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N; under torchrun each rank "
+        "takes the GPU of its LOCAL_RANK",
+    )(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, device, threads, channels_last, compile_models, verbose, **kwargs):
@@ -86,8 +109,10 @@ def _runtime_options(fn):
         setup_logging(verbose, rank=int(os.environ.get("RANK", "0")))
         try:
             if world > 1 and stage not in MULTI_PROCESS_STAGES:
-                raise D3SError(f"{stage} runs on one process; started with WORLD_SIZE={world} "
-                               f"(torchrun runs {', '.join(MULTI_PROCESS_STAGES)})")
+                raise D3SError(
+                    f"{stage} runs on one process; started with WORLD_SIZE={world} "
+                    f"(torchrun runs {', '.join(MULTI_PROCESS_STAGES)})"
+                )
             if world > 1 and threads:  # --threads is the job's: each of its processes gets a share
                 threads = max(1, threads // world)
             configure(threads, kwargs.get("seed"))
@@ -111,15 +136,31 @@ def _resume_options(stage: str, every: int, unit: str):
     """
 
     def deco(fn):
-        fn = click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=15.0, show_default=True,
-                          envvar="D3S_CHECKPOINT_MINUTES", show_envvar=True,
-                          help="with --resume-dir: also save a checkpoint every M minutes of wall time (0: never by time)")(fn)
-        fn = click.option("--checkpoint-every", type=click.IntRange(min=0), default=every, show_default=True,
-                          envvar=f"D3S_{stage.upper()}_CHECKPOINT_EVERY", show_envvar=True,
-                          help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on a stop signal: SIGTERM, SIGUSR1, SIGURG)")(fn)
-        fn = click.option("--resume-dir", type=click.Path(file_okay=False), default=None,
-                          help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
-                               "checkpoint of the same config, inputs, class order and code; removed after success")(plan(fn))
+        fn = click.option(
+            "--checkpoint-minutes",
+            type=click.FloatRange(min=0),
+            default=15.0,
+            show_default=True,
+            envvar="D3S_CHECKPOINT_MINUTES",
+            show_envvar=True,
+            help="with --resume-dir: also save a checkpoint every M minutes of wall time (0: never by time)",
+        )(fn)
+        fn = click.option(
+            "--checkpoint-every",
+            type=click.IntRange(min=0),
+            default=every,
+            show_default=True,
+            envvar=f"D3S_{stage.upper()}_CHECKPOINT_EVERY",
+            show_envvar=True,
+            help=f"with --resume-dir: save a checkpoint every N {unit} (0: only on a stop signal: SIGTERM, SIGUSR1, SIGURG)",
+        )(fn)
+        fn = click.option(
+            "--resume-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="sidecar directory for checkpoints (not the output's folder); resumed when it holds a "
+            "checkpoint of the same config, inputs, class order and code; removed after success",
+        )(plan(fn))
         return fn
 
     def plan(fn):
@@ -138,9 +179,12 @@ def _resume_options(stage: str, every: int, unit: str):
 
 def _data_option(fn):
     return click.option(
-        "--data", "data", required=True, metavar="SPEC",
+        "--data",
+        "data",
+        required=True,
+        metavar="SPEC",
         help="dataset spec: a YAML/JSON mapping such as '{source: digits}' or a YAML file holding one "
-             "(keys as in config/schema/config.schema.yaml, section 'datasets')",
+        "(keys as in config/schema/config.schema.yaml, section 'datasets')",
     )(fn)
 
 
@@ -203,8 +247,13 @@ def pack_index_cmd(data, seed, out, device, threads):
 @main.command("pack")
 @click.option("--index", "index", required=True, type=existing, help="file index from pack-index (.h5)")
 @click.option("--part", type=click.IntRange(min=0), default=0, show_default=True, help="which part (0-based)")
-@click.option("--parts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="how many parts the index is split into (one job each)")
+@click.option(
+    "--parts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="how many parts the index is split into (one job each)",
+)
 @click.option("--out", required=True, type=output, help="packed part to write (.h5)")
 @_runtime_options
 def pack_cmd(index, part, parts, out, device, threads):
@@ -247,8 +296,12 @@ def dataset_info_cmd(data, out, device, threads):
 
 @main.command("train-teacher")
 @_data_option
-@click.option("--info", type=existing, default=None, help="dataset-info JSON to take the normalisation from (default: compute it)")
-@click.option("--arch", required=True, help="architecture name: a built-in (convnet3, resnet18_cifar, ...) or any timm model")
+@click.option(
+    "--info", type=existing, default=None, help="dataset-info JSON to take the normalisation from (default: compute it)"
+)
+@click.option(
+    "--arch", required=True, help="architecture name: a built-in (convnet3, resnet18_cifar, ...) or any timm model"
+)
 @click.option("--seed", type=int, default=0, help="seed for initialisation, batch order and augmentation")
 @click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
 @_hparam_options(RealTrainingParams)
@@ -263,18 +316,27 @@ def train_teacher_cmd(data, info, arch, seed, out, checkpoints, device, threads,
     from .dataset_spec import DatasetSpec
     from .teacher import train_teacher
 
-    train_teacher(DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info,
-                  checkpoints)
+    train_teacher(
+        DatasetSpec.parse(data), arch, _take(RealTrainingParams, kw), seed, out, device, threads, info, checkpoints
+    )
 
 
 @main.command("import-teacher")
 @_data_option
 @click.option("--info", type=existing, default=None, help="dataset-info JSON to take the normalisation from")
 @click.option("--arch", required=True, help="architecture the checkpoint belongs to (built-in or timm name)")
-@click.option("--checkpoint", required=True, type=existing,
-              help="pretrained weights: .safetensors or a weights-only torch file (a state dict)")
-@click.option("--class-list", type=existing, default=None,
-              help="the checkpoint's class order, one name per line; checked against the dataset's")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=existing,
+    help="pretrained weights: .safetensors or a weights-only torch file (a state dict)",
+)
+@click.option(
+    "--class-list",
+    type=existing,
+    default=None,
+    help="the checkpoint's class order, one name per line; checked against the dataset's",
+)
 @click.option("--out", required=True, type=output, help="teacher artifact to write (.h5)")
 @_runtime_options
 def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, threads):
@@ -290,8 +352,13 @@ def import_teacher_cmd(data, info, arch, checkpoint, class_list, out, device, th
 
 
 @main.command("fetch-pretrained")
-@click.option("--model", "name", required=True, metavar="NAME",
-              help="timm model name with or without a pretrained tag, e.g. resnet18.a1_in1k (resnet18: timm's default tag)")
+@click.option(
+    "--model",
+    "name",
+    required=True,
+    metavar="NAME",
+    help="timm model name with or without a pretrained tag, e.g. resnet18.a1_in1k (resnet18: timm's default tag)",
+)
 @click.option("--out", required=True, type=output, help="weights to write (.safetensors)")
 @click.option("--verbose", is_flag=True, help="debug logging")
 def fetch_pretrained_cmd(name, out, verbose):
@@ -328,22 +395,50 @@ def extract_stats_cmd(teacher, data, seed, out, checkpoints, device, threads, **
     from .stats import run_extract_stats
 
     p = _take(StatsParams, kw)
-    run_extract_stats(load_teacher(teacher, device), DatasetSpec.parse(data), p.pooling, p.batch_size, out, device,
-                      threads, p.views, p.crop_scale_min, seed, checkpoints)
+    run_extract_stats(
+        load_teacher(teacher, device),
+        DatasetSpec.parse(data),
+        p.pooling,
+        p.batch_size,
+        out,
+        device,
+        threads,
+        p.views,
+        p.crop_scale_min,
+        seed,
+        checkpoints,
+    )
 
 
 @main.command("distill")
-@click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat for several")
-@click.option("--stats", "stats", multiple=True, type=existing, help="d3s: statistics artifact of each --teacher, same order")
-@click.option("--method", type=click.Choice(synthesising_methods()), default="d3s",
-              help="; ".join(f"{m}: {get_method(m).description}" for m in synthesising_methods()))
-@click.option("--shard", "shard", required=True, metavar="SHARD",
-              help="which images: i<first>-<end>_c<classes> IPC indices of classes 'all' or <first>-<end>, e.g. "
-                   "i0-10_call (IPC 10 of every class), i5-10_c0-100 (IPC indices 5..9 of classes 0..99)")
+@click.option(
+    "--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat for several"
+)
+@click.option(
+    "--stats", "stats", multiple=True, type=existing, help="d3s: statistics artifact of each --teacher, same order"
+)
+@click.option(
+    "--method",
+    type=click.Choice(synthesising_methods()),
+    default="d3s",
+    help="; ".join(f"{m}: {get_method(m).description}" for m in synthesising_methods()),
+)
+@click.option(
+    "--shard",
+    "shard",
+    required=True,
+    metavar="SHARD",
+    help="which images: i<first>-<end>_c<classes> IPC indices of classes 'all' or <first>-<end>, e.g. "
+    "i0-10_call (IPC 10 of every class), i5-10_c0-100 (IPC indices 5..9 of classes 0..99)",
+)
 @click.option("--seed", type=int, default=0, help="seed for initial noise and augmentation")
 @click.option("--data", default=None, metavar="SPEC", help="dataset spec (as train-teacher's); needed by --init real")
-@click.option("--init-images", type=existing, default=None,
-              help="images artifact of a herding / kcenter selection (select-real); needed by --init herding|kcenter")
+@click.option(
+    "--init-images",
+    type=existing,
+    default=None,
+    help="images artifact of a herding / kcenter selection (select-real); needed by --init herding|kcenter",
+)
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_hparam_options(DistillParams)
 @_resume_options("distill", 500, "optimisation steps")
@@ -364,15 +459,25 @@ def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, ch
     shard = Shard.parse(shard)
     needs_stats = get_method(method).needs_stats
     if needs_stats and len(teachers) != len(stats):
-        raise D3SError(f"distill: {len(teachers)} --teacher but {len(stats)} --stats; give one statistics file per teacher")
+        raise D3SError(
+            f"distill: {len(teachers)} --teacher but {len(stats)} --stats; give one statistics file per teacher"
+        )
     loaded = load_teachers(list(teachers), device)
     layer_stats = [load_stats(s, t) for s, t in zip(stats, loaded)] if needs_stats else None
     pooling = stats_pooling(list(stats)) if needs_stats else "positions"
     params = _take(DistillParams, kw)
-    checkpoint = checkpoints.checkpointer({
-        "stage": "distill", "method": method, "params": dataclasses.asdict(params), "pooling": pooling, "seed": seed,
-        "teachers": [t.weights_sha256 for t in loaded], "classes": loaded[0].classes, "shard": str(shard),
-    })
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "distill",
+            "method": method,
+            "params": dataclasses.asdict(params),
+            "pooling": pooling,
+            "seed": seed,
+            "teachers": [t.weights_sha256 for t in loaded],
+            "classes": loaded[0].classes,
+            "shard": str(shard),
+        }
+    )
     start_pixels = initial_images(params.init, loaded, shard, seed, data, init_images)
     result = distill(loaded, layer_stats, pooling, shard, params, seed, device, method, checkpoint, start_pixels)
     result.inputs["stats"] = list(stats)
@@ -382,12 +487,23 @@ def distill_cmd(teachers, stats, method, shard, seed, data, init_images, out, ch
 
 @main.command("select-real")
 @_data_option
-@click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
-              help="teacher artifact(s) the set is used with (normalisation and class order)")
+@click.option(
+    "--teacher",
+    "teachers",
+    required=True,
+    multiple=True,
+    type=existing,
+    help="teacher artifact(s) the set is used with (normalisation and class order)",
+)
 @click.option("--ipc", type=int, required=True, help="real images per class")
-@click.option("--selection", type=click.Choice(["random", "herding", "kcenter"]), default="random", show_default=True,
-              help="random: uniform per class with --seed; herding: the picks whose feature mean tracks the class "
-                   "mean; kcenter: k-center greedy (farthest first); both on the teachers' penultimate features")
+@click.option(
+    "--selection",
+    type=click.Choice(["random", "herding", "kcenter"]),
+    default="random",
+    show_default=True,
+    help="random: uniform per class with --seed; herding: the picks whose feature mean tracks the class "
+    "mean; kcenter: k-center greedy (farthest first); both on the teachers' penultimate features",
+)
 @click.option("--seed", type=int, default=0, help="seed of the random choice")
 @click.option("--out", required=True, type=output, help="images artifact to write (.h5)")
 @_runtime_options
@@ -402,8 +518,12 @@ def select_real_cmd(data, teachers, ipc, selection, seed, out, device, threads):
     from .baselines import select_real
     from .dataset_spec import DatasetSpec
 
-    save_synthetic(out, select_real(DatasetSpec.parse(data), load_teachers(list(teachers), device), ipc, seed, selection,
-                                    device, threads))
+    save_synthetic(
+        out,
+        select_real(
+            DatasetSpec.parse(data), load_teachers(list(teachers), device), ipc, seed, selection, device, threads
+        ),
+    )
 
 
 @main.command("merge")
@@ -419,7 +539,14 @@ def merge_cmd(shards, ipc, out):
 
 @main.command("relabel")
 @click.option("--images", required=True, type=existing, help="images artifact (.h5)")
-@click.option("--teacher", "teachers", required=True, multiple=True, type=existing, help="teacher artifact; repeat to average several")
+@click.option(
+    "--teacher",
+    "teachers",
+    required=True,
+    multiple=True,
+    type=existing,
+    help="teacher artifact; repeat to average several",
+)
 @click.option("--seed", type=int, default=0, help="seed of the views")
 @click.option("--out", required=True, type=output, help="soft-label artifact to write (.h5)")
 @_hparam_options(RelabelParams)
@@ -431,23 +558,49 @@ def relabel_cmd(images, teachers, seed, out, checkpoints, device, threads, **kw)
     from .artifacts.teacher import load_teachers
     from .relabel import generate_soft_labels
 
-    generate_soft_labels(load_teachers(list(teachers), device), load_synthetic(images), images,
-                         _take(RelabelParams, kw), seed, out, device, checkpoints)
+    generate_soft_labels(
+        load_teachers(list(teachers), device),
+        load_synthetic(images),
+        images,
+        _take(RelabelParams, kw),
+        seed,
+        out,
+        device,
+        checkpoints,
+    )
 
 
 def _student_options(fn):
     """--student, --seed (repeatable), --dataset-name, --variant, --out (one per seed): what a student run is."""
-    for option in reversed([
-        click.option("--student", required=True, help="student architecture (built-in or timm name)"),
-        click.option("--seed", "seeds", type=int, multiple=True, default=(0,),
-                     help="seed of the student's initialisation and batch order; repeat to train one student per seed, "
-                          "one after another (one --out each)"),
-        click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)"),
-        click.option("--variant", default="default", show_default=True,
-                     help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)"),
-        click.option("--out", "outs", required=True, multiple=True, type=output,
-                     help="result file to write (.json); one per --seed, in the same order"),
-    ]):
+    for option in reversed(
+        [
+            click.option("--student", required=True, help="student architecture (built-in or timm name)"),
+            click.option(
+                "--seed",
+                "seeds",
+                type=int,
+                multiple=True,
+                default=(0,),
+                help="seed of the student's initialisation and batch order; repeat to train one student per seed, "
+                "one after another (one --out each)",
+            ),
+            click.option("--dataset-name", default=None, help="name recorded in the result (default: the spec's name)"),
+            click.option(
+                "--variant",
+                default="default",
+                show_default=True,
+                help="name of the sweep variant these settings are, recorded in the result (the summary groups by it)",
+            ),
+            click.option(
+                "--out",
+                "outs",
+                required=True,
+                multiple=True,
+                type=output,
+                help="result file to write (.json); one per --seed, in the same order",
+            ),
+        ]
+    ):
         fn = option(fn)
     return fn
 
@@ -476,20 +629,37 @@ def evaluate_cmd(images, labels, data, student, seeds, dataset_name, variant, ou
 
     spec, params, synthetic = DatasetSpec.parse(data), _take(EvalParams, kw), load_synthetic(images)
     for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
-        run_evaluate(synthetic, images, labels, spec, student, params, seed, out, device, threads,
-                     meta={"dataset": dataset_name or spec.name, "variant": variant}, checkpoints=seed_checkpoints)
+        run_evaluate(
+            synthetic,
+            images,
+            labels,
+            spec,
+            student,
+            params,
+            seed,
+            out,
+            device,
+            threads,
+            meta={"dataset": dataset_name or spec.name, "variant": variant},
+            checkpoints=seed_checkpoints,
+        )
 
 
 @main.command("evaluate-full")
 @_data_option
-@click.option("--teacher", "teachers", required=True, multiple=True, type=existing,
-              help="teacher artifact(s): normalisation, and online soft labels in soft mode")
+@click.option(
+    "--teacher",
+    "teachers",
+    required=True,
+    multiple=True,
+    type=existing,
+    help="teacher artifact(s): normalisation, and online soft labels in soft mode",
+)
 @_student_options
 @_hparam_options(EvalParams)
 @_resume_options("evaluate_full", 0, "epochs")
 @_runtime_options
-def evaluate_full_cmd(data, teachers, student, seeds, dataset_name, variant, outs, checkpoints, device, threads,
-                      **kw):
+def evaluate_full_cmd(data, teachers, student, seeds, dataset_name, variant, outs, checkpoints, device, threads, **kw):
     """The 'full' upper bound: a student trained on the whole real training set (FULL_EPOCHS epochs).
 
     Soft mode uses the teachers' mean logits on each augmented batch (online); hard mode the labels.
@@ -500,16 +670,29 @@ def evaluate_full_cmd(data, teachers, student, seeds, dataset_name, variant, out
 
     spec, params, loaded = DatasetSpec.parse(data), _take(EvalParams, kw), load_teachers(list(teachers), device)
     for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
-        run_evaluate_full(loaded, spec, student, params, seed, out, device, threads,
-                          meta={"dataset": dataset_name or spec.name, "variant": variant}, checkpoints=seed_checkpoints)
+        run_evaluate_full(
+            loaded,
+            spec,
+            student,
+            params,
+            seed,
+            out,
+            device,
+            threads,
+            meta={"dataset": dataset_name or spec.name, "variant": variant},
+            checkpoints=seed_checkpoints,
+        )
 
 
 @main.command("summarize")
 @click.option("--result", "results", required=True, multiple=True, type=existing, help="result JSON; repeat")
 @click.option("--teacher", "teachers", multiple=True, type=existing, help="teacher artifact to list; repeat")
 @click.option("--dataset", required=True, help="dataset name for the table")
-@click.option("--select-by", default=None,
-              help="student whose mean validation top-1 chooses each sweep variant (default: the first, by name)")
+@click.option(
+    "--select-by",
+    default=None,
+    help="student whose mean validation top-1 chooses each sweep variant (default: the first, by name)",
+)
 @click.option("--tsv", required=True, type=output, help="table to write (TSV)")
 @click.option("--markdown", required=True, type=output, help="table to write (Markdown)")
 @click.option("--sweep", "sweep_tsv", type=output, default=None, help="table of every variant to write (TSV)")
@@ -528,10 +711,17 @@ def summarize_cmd(results, teachers, dataset, select_by, tsv, markdown, sweep_ts
 
 @main.command("export")
 @click.option("--images", required=True, type=existing, help="images artifact (.h5)")
-@click.option("--labels", type=existing, default=None, help="soft-label artifact (.h5); ddranking writes labels.pt from it")
-@click.option("--format", "fmt", type=click.Choice(["folders", "sre2l", "ddranking"]), default="folders",
-              help="folders: <index>_<class>/<ipc>.png; sre2l: new<CCC>/class<CCC>_id<III>.png (SRe2L/CDA); "
-                   "ddranking: images.pt (normalised, class-major), labels.pt, hard_labels.pt for DD-Ranking")
+@click.option(
+    "--labels", type=existing, default=None, help="soft-label artifact (.h5); ddranking writes labels.pt from it"
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["folders", "sre2l", "ddranking"]),
+    default="folders",
+    help="folders: <index>_<class>/<ipc>.png; sre2l: new<CCC>/class<CCC>_id<III>.png (SRe2L/CDA); "
+    "ddranking: images.pt (normalised, class-major), labels.pt, hard_labels.pt for DD-Ranking",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to create (must not exist)")
 def export_cmd(images, labels, fmt, out):
     """Write a distilled set in a layout other tools read; pixels are exact (PNG, or float tensors).
@@ -559,8 +749,12 @@ def plot_accuracy_cmd(summary, out):
 
 @main.command("plot-losses")
 @click.option("--images", "images", required=True, multiple=True, type=existing, help="images artifact; repeat")
-@click.option("--summary", type=existing, default=None,
-              help="summary.tsv: of several distilled sets per method and IPC, draw the one it reports")
+@click.option(
+    "--summary",
+    type=existing,
+    default=None,
+    help="summary.tsv: of several distilled sets per method and IPC, draw the one it reports",
+)
 @click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
 def plot_losses_cmd(images, summary, out):
     """Distillation loss curves stored in the images artifacts (one set per method and IPC)."""
@@ -574,10 +768,16 @@ def plot_losses_cmd(images, summary, out):
 
 
 @main.command("plot-images")
-@click.option("--images", required=True, multiple=True, type=existing,
-              help="images artifact (.h5); repeat for the sweep variants of one method and IPC")
-@click.option("--summary", type=existing, default=None,
-              help="summary.tsv: of several distilled sets, draw the one it reports")
+@click.option(
+    "--images",
+    required=True,
+    multiple=True,
+    type=existing,
+    help="images artifact (.h5); repeat for the sweep variants of one method and IPC",
+)
+@click.option(
+    "--summary", type=existing, default=None, help="summary.tsv: of several distilled sets, draw the one it reports"
+)
 @click.option("--out", required=True, type=output, help="figure to write (.png or .svg)")
 @click.option("--max-classes", type=int, default=20, help="rows to show")
 @click.option("--max-ipc", type=int, default=10, help="columns to show")
@@ -588,8 +788,7 @@ def plot_images_cmd(images, summary, out, max_classes, max_ipc):
 
     drawn = reported_sets(list(images), summary)
     if len(drawn) != 1:
-        raise D3SError(f"plot-images draws one method and IPC; the images given are {len(drawn)}: "
-                       + ", ".join(drawn))
+        raise D3SError(f"plot-images draws one method and IPC; the images given are {len(drawn)}: " + ", ".join(drawn))
     plot_images(drawn[0], out, max_classes, max_ipc)
     click.echo(f"drew {drawn[0]}")
 

@@ -71,12 +71,21 @@ def last_linear(model: nn.Module, where: str) -> nn.Linear:
 
 
 @torch.no_grad()
-def penultimate_features(models: list[nn.Module], dataset, normalizer: Normalizer, image_size: int, device,
-                         batch_size: int = 512, workers: int = 0) -> torch.Tensor:
+def penultimate_features(
+    models: list[nn.Module],
+    dataset,
+    normalizer: Normalizer,
+    image_size: int,
+    device,
+    batch_size: int = 512,
+    workers: int = 0,
+) -> torch.Tensor:
     """fp16 [n, sum of dims] on the host: each model's L2-normalised classifier input, per image."""
     captured: list[torch.Tensor] = []
-    hooks = [last_linear(m, "teacher").register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].flatten(1)))
-             for m in models]
+    hooks = [
+        last_linear(m, "teacher").register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].flatten(1)))
+        for m in models
+    ]
     for m in models:
         m.eval()
     out = None  # allocated once its width is known: n x dims x 2 bytes is the job's one large buffer
@@ -91,7 +100,7 @@ def penultimate_features(models: list[nn.Module], dataset, normalizer: Normalize
             feats = torch.cat([nn.functional.normalize(c.float(), dim=1) for c in captured], 1).half().cpu()
             if out is None:
                 out = torch.empty(len(dataset), feats.shape[1], dtype=torch.float16)
-            out[start:start + len(feats)] = feats
+            out[start : start + len(feats)] = feats
             start += len(feats)
             if (step + 1) % max(1, len(loader) // 10) == 0:
                 log.info("features: %d/%d batches", step + 1, len(loader))
@@ -101,8 +110,14 @@ def penultimate_features(models: list[nn.Module], dataset, normalizer: Normalize
     return out
 
 
-def coreset_choice(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, selection: str,
-                   class_names: list[str] | None = None) -> list[torch.Tensor]:
+def coreset_choice(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ipc: int,
+    selection: str,
+    class_names: list[str] | None = None,
+) -> list[torch.Tensor]:
     """[class][IPC index] -> training-set index, the class's greedy picks in order."""
     order_of = ORDERS[selection]
     chosen = []

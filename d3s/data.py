@@ -121,7 +121,7 @@ class CenterCropDataset(Dataset):
     def __getitem__(self, i: int):
         x, y = self.base[i]
         top, left = (x.shape[1] - self.size) // 2, (x.shape[2] - self.size) // 2
-        return x[:, top:top + self.size, left:left + self.size], y
+        return x[:, top : top + self.size, left : left + self.size], y
 
 
 class ResizedImageDataset(Dataset):
@@ -203,7 +203,9 @@ class SubsetDataset(Dataset):
         return self.base[int(self.indices[i])]
 
 
-def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int, where: str = "dataset") -> np.ndarray:
+def validation_indices(
+    labels: np.ndarray, num_classes: int, per_class: int, seed: int, where: str = "dataset"
+) -> np.ndarray:
     """Sorted indices of `per_class` training items per class, chosen with `seed`: the validation split.
 
     Drawn from its own stream (not the random baseline's or the teachers'), so changing the
@@ -214,8 +216,10 @@ def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, see
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         if len(idx) <= per_class:
-            raise D3SError(f"{where}: class {c} has {len(idx)} training images; val_per_class {per_class} "
-                           "would leave none to train on")
+            raise D3SError(
+                f"{where}: class {c} has {len(idx)} training images; val_per_class {per_class} "
+                "would leave none to train on"
+            )
         chosen.append(rng.permutation(idx)[:per_class])
     return np.sort(np.concatenate(chosen))
 
@@ -235,16 +239,23 @@ def load_dataset(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedD
     data = loader(spec, source_splits) if source.takes_splits else loader(spec)
     data.train, data.test = (getattr(data, s) if s in source_splits else None for s in SPLITS)
     if spec.num_classes is not None and spec.num_classes != data.num_classes:
-        raise D3SError(f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}")
+        raise D3SError(
+            f"dataset '{spec.name}': config says num_classes {spec.num_classes}, the data has {data.num_classes}"
+        )
     if spec.image_size and spec.image_size != data.native_size:
         if data.train_size and data.train_size != data.native_size:
-            raise D3SError(f"dataset '{spec.name}': {spec.path} was packed for image_size {data.native_size} "
-                           f"(training images {data.train_size} px), the config asks for {spec.image_size}; pack it again")
-        data.train, data.test = (d if d is None else ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test))
+            raise D3SError(
+                f"dataset '{spec.name}': {spec.path} was packed for image_size {data.native_size} "
+                f"(training images {data.train_size} px), the config asks for {spec.image_size}; pack it again"
+            )
+        data.train, data.test = (
+            d if d is None else ResizedImageDataset(d, spec.image_size) for d in (data.train, data.test)
+        )
         data.native_size = spec.image_size
     if carve:
-        val = validation_indices(data.train.labels.numpy(), data.num_classes, spec.val_per_class, spec.split_seed,
-                                 f"dataset '{spec.name}'")
+        val = validation_indices(
+            data.train.labels.numpy(), data.num_classes, spec.val_per_class, spec.split_seed, f"dataset '{spec.name}'"
+        )
         keep = np.setdiff1d(np.arange(len(data.train)), val)
         data.val = SubsetDataset(data.train_plain, val) if "val" in splits else None
         data.train = SubsetDataset(data.train, keep) if "train" in splits else None
@@ -263,8 +274,14 @@ def _check_labels(where: str, split: str, labels: np.ndarray, num_classes: int) 
 def _from_arrays(spec, train_x, train_y, test_x, test_y, classes, where) -> LoadedDataset:
     for split, y in (("train", train_y), ("test", test_y)):
         _check_labels(where, split, np.asarray(y), len(classes))
-    return LoadedDataset(spec, ArrayImageDataset(train_x, train_y), ArrayImageDataset(test_x, test_y),
-                         list(classes), channels=train_x.shape[3], native_size=train_x.shape[1])
+    return LoadedDataset(
+        spec,
+        ArrayImageDataset(train_x, train_y),
+        ArrayImageDataset(test_x, test_y),
+        list(classes),
+        channels=train_x.shape[3],
+        native_size=train_x.shape[1],
+    )
 
 
 def load_digits(spec: DatasetSpec) -> LoadedDataset:
@@ -319,7 +336,9 @@ def load_hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedData
         for split in SPLITS:
             images = f[f"{split}/images"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
-                raise D3SError(f"{path}: '{split}/images' must be uint8 [N, S, S, C], got {images.dtype} {list(images.shape)}")
+                raise D3SError(
+                    f"{path}: '{split}/images' must be uint8 [N, S, S, C], got {images.dtype} {list(images.shape)}"
+                )
             shapes[split] = images.shape
             if split not in splits:
                 continue
@@ -338,8 +357,17 @@ def load_hdf5(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> LoadedData
         raise D3SError(f"{path}: train images have {shapes['train'][3]} channels, test images {shapes['test'][3]}")
     if train_size < size:
         raise D3SError(f"{path}: train images ({train_size} px) are smaller than test images ({size} px)")
-    return LoadedDataset(spec, loaded.get("train"), loaded.get("test"), classes, channels=shapes["test"][3],
-                         native_size=size, streamed=streamed, train_size=train_size, eval_resize=eval_resize)
+    return LoadedDataset(
+        spec,
+        loaded.get("train"),
+        loaded.get("test"),
+        classes,
+        channels=shapes["test"][3],
+        native_size=size,
+        streamed=streamed,
+        train_size=train_size,
+        eval_resize=eval_resize,
+    )
 
 
 def load_torchvision(spec: DatasetSpec) -> LoadedDataset:
@@ -352,9 +380,11 @@ def load_torchvision(spec: DatasetSpec) -> LoadedDataset:
         try:
             ds = cls(root=spec.root, train=train, download=spec.download)
         except RuntimeError as e:  # "Dataset not found or corrupted. You can use download=True ..."
-            raise D3SError(f"{spec.root}: {spec.torchvision_name} {split} split not found there ({e}); "
-                           "point 'root' at the folder torchvision downloaded into, or set download: true "
-                           "where this machine has network") from None
+            raise D3SError(
+                f"{spec.root}: {spec.torchvision_name} {split} split not found there ({e}); "
+                "point 'root' at the folder torchvision downloaded into, or set download: true "
+                "where this machine has network"
+            ) from None
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         if data.ndim == 3:  # MNIST-style [N, H, W] grayscale
             data = data[..., None]
@@ -400,7 +430,9 @@ def imagefolder_files(spec: DatasetSpec, classes: list[str], split: str) -> tupl
     for c in classes:
         found = _image_files(root / spec.train_dir / c)
         if not found:
-            raise D3SError(f"{root / spec.train_dir / c}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...)")
+            raise D3SError(
+                f"{root / spec.train_dir / c}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...)"
+            )
         files += found
         labels += [index[c]] * len(found)
     return files, labels
@@ -421,9 +453,17 @@ def load_imagefolder(spec: DatasetSpec, splits: tuple[str, ...] = SPLITS) -> Loa
     """Class folders under `root`/train_dir and a validation folder, each image decoded on access."""
     classes = imagefolder_classes(spec)
     loaded = {s: imagefolder_split(spec, s, *imagefolder_files(spec, classes, s)) for s in splits}
-    return LoadedDataset(spec, loaded.get("train"), loaded.get("test"), classes, channels=spec.channels or 3,
-                         native_size=spec.image_size, streamed=True, train_size=spec.eval_resize or spec.image_size,
-                         eval_resize=spec.eval_resize)
+    return LoadedDataset(
+        spec,
+        loaded.get("train"),
+        loaded.get("test"),
+        classes,
+        channels=spec.channels or 3,
+        native_size=spec.image_size,
+        streamed=True,
+        train_size=spec.eval_resize or spec.image_size,
+        eval_resize=spec.eval_resize,
+    )
 
 
 def _validation_files(spec: DatasetSpec, val: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
@@ -436,7 +476,9 @@ def _validation_files(spec: DatasetSpec, val: Path, index: dict[str, int]) -> tu
             return index[name]
         if name.isdigit() and int(name) < len(index):
             return int(name)
-        raise D3SError(f"{where}: label {name!r} is not a class of the training folder (nor an index below {len(index)})")
+        raise D3SError(
+            f"{where}: label {name!r} is not a class of the training folder (nor an index below {len(index)})"
+        )
 
     pairs: list[tuple[Path, int]] = []
     if spec.val_labels or (val / "val_annotations.txt").is_file():
@@ -484,7 +526,9 @@ class BlockShuffleSampler(torch.utils.data.Sampler):
     def __iter__(self):
         starts = torch.arange(0, self.n, self.block)[torch.randperm(-(-self.n // self.block), generator=self.generator)]
         for w in range(0, len(starts), self.window):
-            idx = torch.cat([torch.arange(s, min(s + self.block, self.n)) for s in starts[w:w + self.window].tolist()])
+            idx = torch.cat(
+                [torch.arange(s, min(s + self.block, self.n)) for s in starts[w : w + self.window].tolist()]
+            )
             yield from idx[torch.randperm(len(idx), generator=self.generator)].tolist()
 
 
@@ -526,12 +570,17 @@ class ImagesOnDevice:
 
     def __init__(self, images: torch.Tensor, device: torch.device, fraction: float = 0.25):
         self.device = device
-        fits = device.type != "cuda" or images.numel() <= fraction * torch.cuda.get_device_properties(device).total_memory
+        fits = (
+            device.type != "cuda" or images.numel() <= fraction * torch.cuda.get_device_properties(device).total_memory
+        )
         self.images = images.to(device) if fits else images
         self.index_device = device if fits else torch.device("cpu")
         if not fits:
-            log.info("%.1f GB of images stay on the host (over %.0f%% of the GPU's memory); batches are copied",
-                     images.numel() / 1e9, 100 * fraction)
+            log.info(
+                "%.1f GB of images stay on the host (over %.0f%% of the GPU's memory); batches are copied",
+                images.numel() / 1e9,
+                100 * fraction,
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -550,23 +599,32 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size if n > batch_size else 1
 
 
-def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, workers: int,
-                    device: torch.device, ranks) -> torch.utils.data.DataLoader:
+def training_loader(
+    dataset: Dataset, batch_size: int, generator: torch.Generator, workers: int, device: torch.device, ranks
+) -> torch.utils.data.DataLoader:
     """Shuffled global batches (this rank's share), pinned for asynchronous copies to a GPU."""
     if ranks.world > 1 and min(batch_size, len(dataset)) < ranks.world:
-        raise D3SError(f"a global batch of {min(batch_size, len(dataset))} images cannot be split over {ranks.world} "
-                       "processes; use a larger batch_size or fewer processes")
+        raise D3SError(
+            f"a global batch of {min(batch_size, len(dataset))} images cannot be split over {ranks.world} "
+            "processes; use a larger batch_size or fewer processes"
+        )
     batches = RankBatchSampler(training_sampler(dataset, generator), batch_size, len(dataset) > batch_size, ranks)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def evaluation_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, ranks):
     """The dataset in order, every world-th item from this rank's (ranks' counts are summed)."""
     if ranks.world > 1:
         dataset = torch.utils.data.Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       pin_memory=device.type == "cuda")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
 
 
 def channel_moments(dataset: Dataset, batch_size: int = 512, workers: int = 0) -> tuple[list[float], list[float]]:

@@ -25,10 +25,18 @@ def dataset_info(spec: DatasetSpec, threads: int = 0) -> dict:
         mean, std = channel_moments(data.train_plain, workers=data.loader_workers(threads))
         source = "computed from the training split"
     return {
-        "name": spec.name, "spec": spec.to_dict(), "classes": data.classes, "num_classes": data.num_classes,
-        "n_train": len(data.train), "n_val": len(data.val) if data.val is not None else 0, "n_test": len(data.test),
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "classes": data.classes,
+        "num_classes": data.num_classes,
+        "n_train": len(data.train),
+        "n_val": len(data.val) if data.val is not None else 0,
+        "n_test": len(data.test),
         "channels": data.channels,
-        "image_size": data.image_size, "mean": mean, "std": std, "normalisation": source,
+        "image_size": data.image_size,
+        "mean": mean,
+        "std": std,
+        "normalisation": source,
         "code_version": code_version(),
     }
 
@@ -37,8 +45,15 @@ def write_dataset_info(spec: DatasetSpec, out: str, threads: int = 0) -> dict:
     info = dataset_info(spec, threads)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
-    log.info("%s: %d classes, %d train / %d test images, %d channels, %d px", spec.name, info["num_classes"],
-             info["n_train"], info["n_test"], info["channels"], info["image_size"])
+    log.info(
+        "%s: %d classes, %d train / %d test images, %d channels, %d px",
+        spec.name,
+        info["num_classes"],
+        info["n_train"],
+        info["n_test"],
+        info["channels"],
+        info["image_size"],
+    )
     return info
 
 

@@ -35,52 +35,83 @@ class DatasetSpec:
     name: str
     source: str = hparam(MISSING, sources_description(), choices=source_names())
     path: str | None = hparam(None, "hdf5: path of the .h5 file (relative to the working directory or absolute).")
-    memory_limit_mb: int = hparam(2048, "hdf5: a split up to this many MB is loaded into memory, a larger one is "
-                                        "streamed from disk chunk by chunk.", minimum=0)
+    memory_limit_mb: int = hparam(
+        2048,
+        "hdf5: a split up to this many MB is loaded into memory, a larger one is streamed from disk chunk by chunk.",
+        minimum=0,
+    )
     root: str | None = hparam(None, "torchvision / imagefolder: the dataset folder.")
-    torchvision_name: str | None = hparam(None, "torchvision: which dataset class reads root.",
-                                          choices=TORCHVISION_DATASETS)
-    download: bool = hparam(False, "torchvision: download into root when missing (only where the machine has "
-                                   "network).")
+    torchvision_name: str | None = hparam(
+        None, "torchvision: which dataset class reads root.", choices=TORCHVISION_DATASETS
+    )
+    download: bool = hparam(False, "torchvision: download into root when missing (only where the machine has network).")
     train_dir: str = hparam("train", "imagefolder: training folder under root, one sub-folder per class.")
-    val_dir: str = hparam("val", "imagefolder: validation folder under root: class sub-folders, Tiny-ImageNet's "
-                                 "images/ + val_annotations.txt, or flat images with val_labels.")
-    val_labels: str | None = hparam(None, "imagefolder: label file for a flat validation folder, lines "
-                                          "'<file name> <class name or index>'.")
-    class_list: str | None = hparam(None, "imagefolder: file with one class folder name per line, in label order "
-                                          "(default: sorted folder names).")
+    val_dir: str = hparam(
+        "val",
+        "imagefolder: validation folder under root: class sub-folders, Tiny-ImageNet's "
+        "images/ + val_annotations.txt, or flat images with val_labels.",
+    )
+    val_labels: str | None = hparam(
+        None, "imagefolder: label file for a flat validation folder, lines '<file name> <class name or index>'."
+    )
+    class_list: str | None = hparam(
+        None, "imagefolder: file with one class folder name per line, in label order (default: sorted folder names)."
+    )
     channels: int | None = hparam(None, "imagefolder: 1 decodes grayscale, 3 RGB (default 3).", choices=(1, 3))
-    image_size: int | None = hparam(None, "Resize images to this side length (imagefolder: shorter side then centre "
-                                          "crop; required there); default: native size.", minimum=4)
+    image_size: int | None = hparam(
+        None,
+        "Resize images to this side length (imagefolder: shorter side then centre "
+        "crop; required there); default: native size.",
+        minimum=4,
+    )
     eval_resize: int | None = hparam(
-        None, "imagefolder: test images are Resize(eval_resize) (shorter side) -> CenterCrop(image_size), the protocol "
-              "of torchvision's weights, SRe2L, CDA and DD-Ranking (256 -> 224 for ImageNet); training images are "
-              "stored at eval_resize x eval_resize so random-resized crops see the whole stored image. Default: both "
-              "resized to image_size (shorter side, centre crop).", minimum=4)
+        None,
+        "imagefolder: test images are Resize(eval_resize) (shorter side) -> CenterCrop(image_size), the protocol "
+        "of torchvision's weights, SRe2L, CDA and DD-Ranking (256 -> 224 for ImageNet); training images are "
+        "stored at eval_resize x eval_resize so random-resized crops see the whole stored image. Default: both "
+        "resized to image_size (shorter side, centre crop).",
+        minimum=4,
+    )
     pack: bool | None = hparam(
-        None, "imagefolder / torchvision: pack the source once into one HDF5 file (see `prepare`) that every stage "
-              "reads, instead of listing and decoding the files in every job. Default: on for an imagefolder source "
-              "that declares num_classes >= 100.")
+        None,
+        "imagefolder / torchvision: pack the source once into one HDF5 file (see `prepare`) that every stage "
+        "reads, instead of listing and decoding the files in every job. Default: on for an imagefolder source "
+        "that declares num_classes >= 100.",
+    )
     hflip: bool = hparam(True, "Whether horizontal flips preserve labels (augmentation).")
     crop_scale: tuple[float, float] = hparam(
-        (0.5, 1.0), "Random-resized-crop area range for teacher training.",
-        schema={"items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2, "maxItems": 2})
-    mean: tuple[float, ...] | None = hparam(None, "Per-channel normalisation mean in [0, 1] units; default: computed "
-                                                  "from the training set.")
-    std: tuple[float, ...] | None = hparam(None, "Per-channel normalisation std; default: computed from the training "
-                                                 "set.", schema={"items": {"type": "number", "exclusiveMinimum": 0}})
-    test_fraction: float = hparam(0.2, "digits: fraction of each class held out as the test set.",
-                                  exclusive_minimum=0, exclusive_maximum=1)
-    split_seed: int = hparam(0, "Seed of the validation split (every source) and of digits' train/test split.",
-                             minimum=0)
+        (0.5, 1.0),
+        "Random-resized-crop area range for teacher training.",
+        schema={"items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2, "maxItems": 2},
+    )
+    mean: tuple[float, ...] | None = hparam(
+        None, "Per-channel normalisation mean in [0, 1] units; default: computed from the training set."
+    )
+    std: tuple[float, ...] | None = hparam(
+        None,
+        "Per-channel normalisation std; default: computed from the training set.",
+        schema={"items": {"type": "number", "exclusiveMinimum": 0}},
+    )
+    test_fraction: float = hparam(
+        0.2, "digits: fraction of each class held out as the test set.", exclusive_minimum=0, exclusive_maximum=1
+    )
+    split_seed: int = hparam(
+        0, "Seed of the validation split (every source) and of digits' train/test split.", minimum=0
+    )
     val_per_class: int = hparam(
-        0, "Training images per class held out as the validation split, chosen with split_seed. No stage trains on "
-           "them or selects from them (teachers, statistics, coresets, full); every student reports its validation "
-           "top-1 beside its test top-1, and sweeps choose their variant on it. 0: no validation split (then no "
-           "sweep).", minimum=0)
-    num_classes: int | None = hparam(None, "Number of classes; needed only to plan class-block shards "
-                                           "(classes_per_shard) before the data is read. Checked against the data.",
-                                     minimum=2)
+        0,
+        "Training images per class held out as the validation split, chosen with split_seed. No stage trains on "
+        "them or selects from them (teachers, statistics, coresets, full); every student reports its validation "
+        "top-1 beside its test top-1, and sweeps choose their variant on it. 0: no validation split (then no "
+        "sweep).",
+        minimum=0,
+    )
+    num_classes: int | None = hparam(
+        None,
+        "Number of classes; needed only to plan class-block shards "
+        "(classes_per_shard) before the data is read. Checked against the data.",
+        minimum=2,
+    )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "dataset spec") -> DatasetSpec:
@@ -92,11 +123,15 @@ class DatasetSpec:
             if not d.get(key):
                 raise D3SError(f"{where}: source '{source.name}' needs the key '{key}'")
         if d.get("eval_resize") is not None and not source.decodes_files:
-            raise D3SError(f"{where}: eval_resize applies to imagefolder sources (decoded images); "
-                           f"source '{source.name}' has fixed-size images")
+            raise D3SError(
+                f"{where}: eval_resize applies to imagefolder sources (decoded images); "
+                f"source '{source.name}' has fixed-size images"
+            )
         if d.get("eval_resize") is not None and d.get("image_size") and d["eval_resize"] < d["image_size"]:
-            raise D3SError(f"{where}: eval_resize {d['eval_resize']} is smaller than image_size {d['image_size']} "
-                           "(the test crop must fit inside the resized image)")
+            raise D3SError(
+                f"{where}: eval_resize {d['eval_resize']} is smaller than image_size {d['image_size']} "
+                "(the test crop must fit inside the resized image)"
+            )
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key in source.needs:  # a needed key with a closed set of values (torchvision_name)
             choices = fields[key].metadata.get("choices")
@@ -132,8 +167,12 @@ class DatasetSpec:
 
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_BOUND_KEYWORDS = {"minimum": "minimum", "exclusive_minimum": "exclusiveMinimum", "maximum": "maximum",
-                   "exclusive_maximum": "exclusiveMaximum"}
+_BOUND_KEYWORDS = {
+    "minimum": "minimum",
+    "exclusive_minimum": "exclusiveMinimum",
+    "maximum": "maximum",
+    "exclusive_maximum": "exclusiveMaximum",
+}
 
 
 def _json_type(annotation) -> dict[str, Any]:

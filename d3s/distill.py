@@ -64,8 +64,15 @@ class StatisticsMatching:
     first_layer_weight: float
 
     @classmethod
-    def build(cls, teachers: list[Teacher], recorders: list[BNInputRecorder], stats: list[list[LayerStats]] | None,
-              pooling: str, params: DistillParams, device) -> StatisticsMatching:
+    def build(
+        cls,
+        teachers: list[Teacher],
+        recorders: list[BNInputRecorder],
+        stats: list[list[LayerStats]] | None,
+        pooling: str,
+        params: DistillParams,
+        device,
+    ) -> StatisticsMatching:
         """The objective of a distill run, whatever of these inputs it uses."""
         return cls(teachers, recorders, stats, pooling, params, device)
 
@@ -104,19 +111,24 @@ class GaussianMatching(StatisticsMatching):
             raise D3SError("distill: method d3s needs one statistics file (--stats) per teacher")
         for t, rec, layer_stats in zip(teachers, recorders, stats):
             if [s.name for s in layer_stats] != rec.names:
-                raise D3SError(f"distill: statistics layers {[s.name for s in layer_stats][:3]}... do not match "
-                               f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)")
+                raise D3SError(
+                    f"distill: statistics layers {[s.name for s in layer_stats][:3]}... do not match "
+                    f"the BatchNorm layers of {t.path} ({rec.names[:3]}...)"
+                )
         self.diagonal = params.covariance == "diagonal"
         self.pooling = pooling
         # per teacher: [(layer indices of one width, their stacked targets)]
         self.groups: list[list[tuple[list[int], GaussianTargets]]] = []
         for layer_stats in stats:
-            targets = [gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge)
-                       for s in layer_stats]
+            targets = [
+                gaussian_target(s.mean.to(device), self._shape(s.cov.to(device)), params.ridge) for s in layer_stats
+            ]
             widths: dict[int, list[int]] = {}
-            for l, t in enumerate(targets):
-                widths.setdefault(t.dim, []).append(l)
-            self.groups.append([(ls, GaussianTargets.stack([targets[l] for l in ls])) for ls in widths.values()])
+            for layer, t in enumerate(targets):
+                widths.setdefault(t.dim, []).append(layer)
+            self.groups.append(
+                [(ls, GaussianTargets.stack([targets[layer] for layer in ls])) for ls in widths.values()]
+            )
         self.moving: list[list[MovingMoments]] = []  # per teacher and layer, once the block sizes are known
         self.momentum = params.ema_momentum
         self.weight = params.kl_weight
@@ -148,24 +160,26 @@ class GaussianMatching(StatisticsMatching):
         if len(self.moving) <= k:
             n_layers = sum(len(ls) for ls, _ in self.groups[k])
             self.moving.append([MovingMoments(self.momentum, sizes) for _ in range(n_layers)])
-        for l, mm in enumerate(self.moving[k]):
-            mm.initialise([block[l] for block in per_block_moments])
+        for layer, mm in enumerate(self.moving[k]):
+            mm.initialise([block[layer] for block in per_block_moments])
 
     def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
         """Each layer's KL / D_l for teacher k with block b live: float64 [L], NaN where a factorisation failed."""
         live = [self.moments(f) for f in feats]
         mm = self.moving[k] if self.moving else None
-        whole = [mm[l].combine(b, *live[l]) for l in range(len(live))] if mm else live
+        whole = [mm[layer].combine(b, *live[layer]) for layer in range(len(live))] if mm else live
         terms: list[torch.Tensor | None] = [None] * len(live)
         for layers, targets in self.groups[k]:
-            means = torch.stack([whole[l][0] for l in layers])
-            covs = self._shape(torch.stack([whole[l][1] for l in layers]))  # combining adds off-diagonal scatter
+            means = torch.stack([whole[layer][0] for layer in layers])
+            covs = self._shape(
+                torch.stack([whole[layer][1] for layer in layers])
+            )  # combining adds off-diagonal scatter
             kl = gaussian_kl_batched(targets, means, covs) / targets.dim
-            for i, l in enumerate(layers):
-                terms[l] = kl[i]
+            for i, layer in enumerate(layers):
+                terms[layer] = kl[i]
         if mm:
-            for l, (mean_b, cov_b) in enumerate(live):
-                mm[l].update(b, mean_b, cov_b)
+            for layer, (mean_b, cov_b) in enumerate(live):
+                mm[layer].update(b, mean_b, cov_b)
         return torch.stack(terms)
 
 
@@ -202,8 +216,17 @@ class Synthesis:
     (iteration, layer) are recorded there and read by `read` at log intervals.
     """
 
-    def __init__(self, teachers, recorders, objective, labels: torch.Tensor, init: torch.Tensor,
-                 params: DistillParams, g_aug: torch.Generator, device: torch.device):
+    def __init__(
+        self,
+        teachers,
+        recorders,
+        objective,
+        labels: torch.Tensor,
+        init: torch.Tensor,
+        params: DistillParams,
+        g_aug: torch.Generator,
+        device: torch.device,
+    ):
         self.teachers, self.recorders, self.objective, self.params = teachers, recorders, objective, params
         self.device, self.g_aug = device, g_aug
         t0 = teachers[0]
@@ -219,8 +242,9 @@ class Synthesis:
         self.weights = [[objective.first_layer_weight] + [1.0] * (len(rec.names) - 1) for rec in recorders]
         self.curves = torch.zeros(3, params.iterations, dtype=torch.float64, device=device)  # total, match, ce
         # first iteration with a non-finite term, per teacher and layer (+ one for the total loss); CLEAN: none
-        self.first_bad = [torch.full((len(rec.names) + 1,), CLEAN, dtype=torch.int64, device=device)
-                          for rec in recorders]
+        self.first_bad = [
+            torch.full((len(rec.names) + 1,), CLEAN, dtype=torch.int64, device=device) for rec in recorders
+        ]
 
     @property
     def steps(self) -> int:
@@ -267,8 +291,8 @@ class Synthesis:
                 loss_ce = loss_ce + F.cross_entropy(logits.float(), y)
                 terms = self.objective.layer_terms(k, self.recorders[k].inputs, b)
             self._note_non_finite(k, it, terms)
-            for l, w in enumerate(self.weights[k]):  # in layer order, as a running sum
-                loss_match = loss_match + w * terms[l]
+            for layer, w in enumerate(self.weights[k]):  # in layer order, as a running sum
+                loss_match = loss_match + w * terms[layer]
         loss_match, loss_ce = loss_match / len(active), loss_ce / len(active)
         loss = self.objective.weight * loss_match.float() + self.params.ce_weight * loss_ce
         self._note_non_finite(active[0], it, loss[None], total=True)
@@ -298,14 +322,16 @@ class Synthesis:
             first_bad = torch.cat([f.double() for f in self.first_bad]).cpu().numpy()
         offset, found = 0, []
         for k, rec in enumerate(self.recorders):
-            row = first_bad[offset:offset + len(rec.names) + 1]
+            row = first_bad[offset : offset + len(rec.names) + 1]
             offset += len(row)
             names = [f"{self.objective.term_name} of layer '{n}'" for n in rec.names]
             found += [(int(v), what, k) for v, what in zip(row, names + ["the loss"]) if v < CLEAN]
         if found:
             it, what, k = min(found)
-            raise D3SError(f"distill: {what} is not finite at iteration {it + 1} (teacher {self.teachers[k].path}); "
-                           "check the statistics file, or try a larger 'ridge' or a smaller 'lr'")
+            raise D3SError(
+                f"distill: {what} is not finite at iteration {it + 1} (teacher {self.teachers[k].path}); "
+                "check the statistics file, or try a larger 'ridge' or a smaller 'lr'"
+            )
 
     def state_dict(self, step: int) -> dict:
         """Everything the loop needs to continue bit-identically after `step` completed steps."""
@@ -365,25 +391,37 @@ def distill(
     synthesis = Synthesis(teachers, recorders, objective, labels, init, params, generator(seed, 11, *bounds), device)
     checkpoint = checkpoint or Checkpointer(None, {}, 0, 0)
     start_step = _resume_or_start(synthesis, checkpoint)
-    log.info("%s: %d images (shard %s: IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
-             method, len(labels), shard, shard.ipc_start, shard.ipc_end - 1, classes.start, classes.stop - 1,
-             len(synthesis.blocks), params.iterations, len(teachers))
+    log.info(
+        "%s: %d images (shard %s: IPC %d..%d x classes %d..%d) in %d minibatch(es), %d iterations, %d teacher(s)",
+        method,
+        len(labels),
+        shard,
+        shard.ipc_start,
+        shard.ipc_end - 1,
+        classes.start,
+        classes.stop - 1,
+        len(synthesis.blocks),
+        params.iterations,
+        len(teachers),
+    )
     _optimise(synthesis, start_step, checkpoint, desc=f"{method} {shard}")
     for rec in recorders:
         rec.__exit__(None, None, None)
     return _synthetic_set(synthesis, method, labels, slots, shard, seed)
 
 
-def _starting_pixels(t0: Teacher, params: DistillParams, init_images: torch.Tensor | None, n: int,
-                     g_init: torch.Generator, device) -> torch.Tensor:
+def _starting_pixels(
+    t0: Teacher, params: DistillParams, init_images: torch.Tensor | None, n: int, g_init: torch.Generator, device
+) -> torch.Tensor:
     """The n images to start from, normalised and clipped to the valid pixel range: `init_images`, or noise."""
     normalizer = t0.normalizer(device)
     size, channels = t0.image_size, t0.channels
     if params.init in ("real", "herding", "kcenter"):
         if init_images is None or tuple(init_images.shape) != (n, channels, size, size):
             got = "none" if init_images is None else tuple(init_images.shape)
-            raise D3SError(f"distill: init '{params.init}' needs {n} starting images of {channels}x{size}x{size}, "
-                           f"got {got}")
+            raise D3SError(
+                f"distill: init '{params.init}' needs {n} starting images of {channels}x{size}x{size}, got {got}"
+            )
         init = normalizer.from_uint8(init_images.to(device))
     elif params.init == "noise":
         init = torch.randn(n, channels, size, size, generator=g_init).to(device)
@@ -414,15 +452,23 @@ def _optimise(synthesis: Synthesis, start_step: int, checkpoint: Checkpointer, d
         if b == blocks - 1 and ((it + 1) % every == 0 or it == 0):
             total, match, ce = synthesis.read(it)
             bar.set_postfix(loss=f"{total:.4f}")
-            log.info("iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)", it + 1, iterations, total,
-                     synthesis.objective.loss_key, match, ce)
+            log.info(
+                "iteration %d/%d  loss %.4f  (%s %.4f, ce %.4f)",
+                it + 1,
+                iterations,
+                total,
+                synthesis.objective.loss_key,
+                match,
+                ce,
+            )
         checkpoint.at_safe_point(step + 1, synthesis.steps, lambda done=step + 1: _checked_state(synthesis, done))
     bar.close()
     synthesis.raise_if_non_finite()
 
 
-def _synthetic_set(synthesis: Synthesis, method: str, labels: torch.Tensor, slots: list[tuple[int, int]],
-                   shard: Shard, seed: int) -> SyntheticSet:
+def _synthetic_set(
+    synthesis: Synthesis, method: str, labels: torch.Tensor, slots: list[tuple[int, int]], shard: Shard, seed: int
+) -> SyntheticSet:
     """The shard as an images artifact: uint8 images, labels, slots, loss curves and provenance."""
     teachers = synthesis.teachers
     t0 = teachers[0]
@@ -431,9 +477,17 @@ def _synthetic_set(synthesis: Synthesis, method: str, labels: torch.Tensor, slot
         images = torch.cat([normalizer.to_uint8(p) for p in synthesis.pixels]).permute(0, 2, 3, 1).cpu().numpy()
     curves = dict(zip(("total", "match", "ce"), synthesis.curves.cpu().numpy()))
     return SyntheticSet(
-        images=images, labels=labels.numpy(), ipc_index=np.asarray([i for i, _ in slots], dtype=np.int64),
-        classes=t0.classes, method=method, teachers=[t.weights_sha256 for t in teachers], norm_mean=t0.mean,
-        norm_std=t0.std, hflip=t0.hflip, config=synthesis.objective.config(synthesis.params), seed=seed,
+        images=images,
+        labels=labels.numpy(),
+        ipc_index=np.asarray([i for i, _ in slots], dtype=np.int64),
+        classes=t0.classes,
+        method=method,
+        teachers=[t.weights_sha256 for t in teachers],
+        norm_mean=t0.mean,
+        norm_std=t0.std,
+        hflip=t0.hflip,
+        config=synthesis.objective.config(synthesis.params),
+        seed=seed,
         loss_curves={str(shard): curves},
         inputs={"teachers": [t.path for t in teachers], "shard": str(shard)},
     )

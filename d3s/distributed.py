@@ -58,8 +58,10 @@ def init_from_env(device: torch.device) -> torch.device:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise D3SError(f"rank {os.environ.get('RANK')}: LOCAL_RANK {local} but only {torch.cuda.device_count()} "
-                           "GPU(s) visible; start as many processes per node as GPUs")
+            raise D3SError(
+                f"rank {os.environ.get('RANK')}: LOCAL_RANK {local} but only {torch.cuda.device_count()} "
+                "GPU(s) visible; start as many processes per node as GPUs"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -67,8 +69,12 @@ def init_from_env(device: torch.device) -> torch.device:
     if dist.get_rank() == 0:
         import logging
 
-        logging.getLogger("d3s").info("%d processes (%s), one per %s", dist.get_world_size(), backend,
-                                      "GPU" if device.type == "cuda" else "share of the CPUs")
+        logging.getLogger("d3s").info(
+            "%d processes (%s), one per %s",
+            dist.get_world_size(),
+            backend,
+            "GPU" if device.type == "cuda" else "share of the CPUs",
+        )
     return device
 
 

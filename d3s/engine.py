@@ -12,7 +12,7 @@ schedule, the precision and the memory format.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -58,8 +58,14 @@ class LossMeter:
 class Trainer:
     """A model in training: forward in the run's precision and memory format, one optimiser step."""
 
-    def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, schedule, device: torch.device,
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimiser: torch.optim.Optimizer,
+        schedule,
+        device: torch.device,
+        precision: str = "fp32",
+    ):
         self.model = model
         self.optimiser, self.schedule = optimiser, schedule
         self.device, self.precision = device, precision
@@ -151,8 +157,9 @@ def run_epochs(
 def _check_finite(name: str, meter: LossMeter):
     sums, bad = meter.read()
     if bad >= 0:
-        raise D3SError(f"{name}: the loss is not finite at step {bad + 1}; try a smaller learning rate, "
-                       "or fp32 instead of bf16")
+        raise D3SError(
+            f"{name}: the loss is not finite at step {bad + 1}; try a smaller learning rate, or fp32 instead of bf16"
+        )
     return sums, bad
 
 
@@ -160,4 +167,6 @@ def _log_progress(name, meter, epoch, epochs, step, total, extra) -> None:
     sums, _ = _check_finite(name, meter)
     count = float(sums[1, epoch])
     loss = f"  loss {float(sums[0, epoch]) / count:.4f}" if count else ""
-    log.info("%s epoch %d/%d  step %d/%d%s%s", name, epoch + 1, epochs, step, total, loss, f"  {extra}" if extra else "")
+    log.info(
+        "%s epoch %d/%d  step %d/%d%s%s", name, epoch + 1, epochs, step, total, loss, f"  {extra}" if extra else ""
+    )

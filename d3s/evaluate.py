@@ -19,7 +19,7 @@ from .artifacts.images import SyntheticSet
 from .artifacts.labels import SoftLabelStore, images_digest
 from .artifacts.result import student_result, write_result
 from .artifacts.teacher import Teacher
-from .checkpoint import CheckpointPlan, Checkpointer
+from .checkpoint import Checkpointer, CheckpointPlan
 from .data import ImagesOnDevice, batches_per_epoch, load_dataset
 from .dataset_spec import DatasetSpec
 from .distributed import ranks
@@ -32,10 +32,16 @@ from .training import accuracy, cosine_schedule, fit_on_real
 from .transforms import Normalizer, apply_views, sample_views
 
 
-def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, t2_scale: bool) -> torch.Tensor:
+def soft_label_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, t2_scale: bool
+) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)), batch mean; optionally times T^2 (peers use no T^2)."""
-    loss = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                    reduction="batchmean", log_target=True)
+    loss = F.kl_div(
+        F.log_softmax(student_logits / temperature, 1),
+        F.log_softmax(teacher_logits / temperature, 1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return loss * temperature**2 if t2_scale else loss
 
 
@@ -65,7 +71,9 @@ def train_student(
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     batch = min(params.batch_size, n)
     steps_per_epoch = -(-n // batch)
-    trainer = Trainer(model, optimiser, cosine_schedule(optimiser, params.epochs * steps_per_epoch), device, params.precision)
+    trainer = Trainer(
+        model, optimiser, cosine_schedule(optimiser, params.epochs * steps_per_epoch), device, params.precision
+    )
     g = generator(seed, 30)
     scale = (params.crop_scale_min, params.crop_scale_max)
 
@@ -79,14 +87,14 @@ def train_student(
         order = to_device(order_host, device)
         image_order = order if images.index_device == device else order_host
         for start in range(0, n, batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             part = r.share(len(idx))
             share = idx[part]
             if len(share) == 0:  # a tail batch smaller than the ranks: an empty forward joins DDP's average
                 out = trainer.forward(torch.zeros((0, images.shape[1], size, size), device=device))
                 loss = out.float().sum()
             else:
-                pixels = images.take(image_order[start:start + batch][part])
+                pixels = images.take(image_order[start : start + batch][part])
                 x = apply_views(normalizer.from_uint8(pixels), boxes[share], flips[share], size)
                 out = trainer.forward(x).float()
                 if params.label_mode == "soft":
@@ -97,9 +105,17 @@ def train_student(
             yield loss, len(share)
 
     generators = {"g": g}
-    run_epochs("student", params.epochs, steps_per_epoch, epoch_steps, device, checkpoint,
-               snapshot=lambda epoch: trainer.state(epoch, generators),
-               restore=lambda state: trainer.restore(state, generators), log_lines=10)
+    run_epochs(
+        "student",
+        params.epochs,
+        steps_per_epoch,
+        epoch_steps,
+        device,
+        checkpoint,
+        snapshot=lambda epoch: trainer.state(epoch, generators),
+        restore=lambda state: trainer.restore(state, generators),
+        log_lines=10,
+    )
     return model
 
 
@@ -120,9 +136,11 @@ def run_evaluate(
     data = load_dataset(spec, splits=("val", "test"))  # a student of distilled images never sees the training set
     check_same_classes(synthetic.classes, images_path, data.classes, f"dataset '{spec.name}'")
     if data.image_size != synthetic.images.shape[1] or data.channels != synthetic.images.shape[3]:
-        raise D3SError(f"{images_path}: images are {synthetic.images.shape[1]} px x {synthetic.images.shape[3]} channels, "
-                       f"dataset '{spec.name}' gives {data.image_size} px x {data.channels}: the student would be tested "
-                       "on another input format")
+        raise D3SError(
+            f"{images_path}: images are {synthetic.images.shape[1]} px x {synthetic.images.shape[3]} channels, "
+            f"dataset '{spec.name}' gives {data.image_size} px x {data.channels}: the student would be tested "
+            "on another input format"
+        )
     store = None
     if params.label_mode == "soft":
         if not labels_path:
@@ -130,10 +148,17 @@ def run_evaluate(
         store = SoftLabelStore(labels_path, synthetic, images_path)
         if params.epochs > store.epochs:
             log.warning("student trains %d epochs on %d label epochs: labels are cycled", params.epochs, store.epochs)
-    checkpoint = checkpoints.checkpointer({
-        "stage": "evaluate", "student": student_arch, "params": asdict(params), "seed": seed, "classes": synthetic.classes,
-        "images": images_digest(synthetic.images), "labels": {**store.config, **store.identity} if store else None,
-    })
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "evaluate",
+            "student": student_arch,
+            "params": asdict(params),
+            "seed": seed,
+            "classes": synthetic.classes,
+            "images": images_digest(synthetic.images),
+            "labels": {**store.config, **store.identity} if store else None,
+        }
+    )
     t0 = time.perf_counter()
     try:
         model = train_student(synthetic, store, student_arch, params, seed, device, checkpoint)
@@ -152,10 +177,26 @@ def run_evaluate(
     if store:
         store.close()
     result = _write_result(
-        model, data, normalizer, out, device, threads, meta, method=synthetic.method,
-        ipc=int(synthetic.ipc_range[1] - synthetic.ipc_range[0]), student=student_arch, seed=seed,
-        n_images=len(synthetic.labels), train_seconds=train_seconds, protocol=protocol,
-        inputs={"images": images_path, "labels": labels_path, "teachers": synthetic.teachers, "dataset": spec.to_dict()},
+        model,
+        data,
+        normalizer,
+        out,
+        device,
+        threads,
+        meta,
+        method=synthetic.method,
+        ipc=int(synthetic.ipc_range[1] - synthetic.ipc_range[0]),
+        student=student_arch,
+        seed=seed,
+        n_images=len(synthetic.labels),
+        train_seconds=train_seconds,
+        protocol=protocol,
+        inputs={
+            "images": images_path,
+            "labels": labels_path,
+            "teachers": synthetic.teachers,
+            "dataset": spec.to_dict(),
+        },
     )
     checkpoint.clear()
     return result
@@ -178,10 +219,17 @@ def run_evaluate_full(
     t0 = teachers[0]
     check_same_classes(t0.classes, t0.path, data.classes, f"dataset '{spec.name}'")
     normalizer = t0.normalizer(device)
-    checkpoint = checkpoints.checkpointer({
-        "stage": "evaluate-full", "student": student_arch, "params": asdict(params), "seed": seed, "classes": data.classes,
-        "teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict(),
-    })
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "evaluate-full",
+            "student": student_arch,
+            "params": asdict(params),
+            "seed": seed,
+            "classes": data.classes,
+            "teachers": [t.weights_sha256 for t in teachers],
+            "dataset": spec.to_dict(),
+        }
+    )
     torch.manual_seed(seed)
     model = build_model(student_arch, data.num_classes, data.channels, data.image_size).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
@@ -200,21 +248,65 @@ def run_evaluate_full(
     # workers read ahead (the sampler draws its next permutation early), so on --threads.
     generators = {"order": generator(seed, 31), "views": generator(seed, 32)}
     started = time.perf_counter()
-    fit_on_real("full-data student", trainer, data.train, normalizer, data.image_size,
-                (params.crop_scale_min, params.crop_scale_max), t0.hflip, params.batch_size, params.full_epochs,
-                loss_fn, generators, data.loader_workers(threads), checkpoint)
-    protocol = {**asdict(params), "epochs": params.full_epochs, "soft_labels": "teachers online" if params.label_mode == "soft" else None}
+    fit_on_real(
+        "full-data student",
+        trainer,
+        data.train,
+        normalizer,
+        data.image_size,
+        (params.crop_scale_min, params.crop_scale_max),
+        t0.hflip,
+        params.batch_size,
+        params.full_epochs,
+        loss_fn,
+        generators,
+        data.loader_workers(threads),
+        checkpoint,
+    )
+    protocol = {
+        **asdict(params),
+        "epochs": params.full_epochs,
+        "soft_labels": "teachers online" if params.label_mode == "soft" else None,
+    }
     result = _write_result(
-        model, data, normalizer, out, device, threads, meta, method="full", ipc=None, student=student_arch, seed=seed,
-        n_images=len(data.train), train_seconds=time.perf_counter() - started, protocol=protocol,
+        model,
+        data,
+        normalizer,
+        out,
+        device,
+        threads,
+        meta,
+        method="full",
+        ipc=None,
+        student=student_arch,
+        seed=seed,
+        n_images=len(data.train),
+        train_seconds=time.perf_counter() - started,
+        protocol=protocol,
         inputs={"teachers": [t.weights_sha256 for t in teachers], "dataset": spec.to_dict()},
     )
     checkpoint.clear()
     return result
 
 
-def _write_result(model, data, normalizer, out, device, threads, meta, *, method, ipc, student, seed, n_images,
-                  train_seconds, protocol, inputs) -> dict:
+def _write_result(
+    model,
+    data,
+    normalizer,
+    out,
+    device,
+    threads,
+    meta,
+    *,
+    method,
+    ipc,
+    student,
+    seed,
+    n_images,
+    train_seconds,
+    protocol,
+    inputs,
+) -> dict:
     """Test a trained student on the validation split (when the dataset has one) and the real test
     set, and write the result JSON (atomically). Only `val_top1` may choose settings (sweeps)."""
     workers = data.loader_workers(threads)
@@ -222,15 +314,37 @@ def _write_result(model, data, normalizer, out, device, threads, meta, *, method
     if data.val is not None:
         val_top1, _ = accuracy(model, data.val, normalizer, data.image_size, device, workers=workers)
     top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=workers)
-    log.info("student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%%s",
-             student, seed, n_images, method, 100 * top1, 100 * top5,
-             "" if val_top1 is None else f", validation top-1 {100 * val_top1:.2f}%")
+    log.info(
+        "student %s seed %d on %d %s images: test top-1 %.2f%%, top-5 %.2f%%%s",
+        student,
+        seed,
+        n_images,
+        method,
+        100 * top1,
+        100 * top5,
+        "" if val_top1 is None else f", validation top-1 {100 * val_top1:.2f}%",
+    )
     result = student_result(
-        meta=meta, method=method, ipc=ipc, student=student, seed=seed, top1=top1, top5=top5, val_top1=val_top1,
-        n_val=len(data.val) if data.val is not None else 0, n_images=n_images, n_test=len(data.test),
-        train_seconds=train_seconds, inputs=inputs,
-        protocol={"optimizer": "AdamW", "schedule": "cosine, per step, to 0", "reported": "final epoch", **protocol,
-                  **({"eval_resize": data.eval_resize} if data.eval_resize else {})},
+        meta=meta,
+        method=method,
+        ipc=ipc,
+        student=student,
+        seed=seed,
+        top1=top1,
+        top5=top5,
+        val_top1=val_top1,
+        n_val=len(data.val) if data.val is not None else 0,
+        n_images=n_images,
+        n_test=len(data.test),
+        train_seconds=train_seconds,
+        inputs=inputs,
+        protocol={
+            "optimizer": "AdamW",
+            "schedule": "cosine, per step, to 0",
+            "reported": "final epoch",
+            **protocol,
+            **({"eval_resize": data.eval_resize} if data.eval_resize else {}),
+        },
     )
     if ranks().main:
         write_result(out, result)

@@ -96,10 +96,21 @@ def _ddranking(s: SyntheticSet, out: Path, labels_path: str | None, images_path:
     if labels_path:
         torch.save(mean_soft_labels(labels_path, s, images_path)[order].contiguous(), out / "labels.pt")
     start, end = s.ipc_range
-    (out / "meta.json").write_text(json.dumps({
-        "classes": s.classes, "ipc": end - start, "mean": s.norm_mean, "std": s.norm_std, "method": s.method,
-        "order": "class-major", "soft_labels": "teachers' logits averaged over label epochs" if labels_path else None,
-    }, indent=2) + "\n")
+    (out / "meta.json").write_text(
+        json.dumps(
+            {
+                "classes": s.classes,
+                "ipc": end - start,
+                "mean": s.norm_mean,
+                "std": s.norm_std,
+                "method": s.method,
+                "order": "class-major",
+                "soft_labels": "teachers' logits averaged over label epochs" if labels_path else None,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def export(s: SyntheticSet, images_path: str, fmt: str, out: str | Path, labels_path: str | None = None) -> Path:

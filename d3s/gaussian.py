@@ -23,8 +23,9 @@ def feature_samples(x: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"pooling must be 'positions' or 'image', got {pooling!r}")
 
 
-def affine_moments(mean: torch.Tensor, cov: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_moments(
+    mean: torch.Tensor, cov: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of y = W x + b for x ~ (mean, cov): (W mean + b, W cov W^T)."""
     y_mean = weight @ mean + (bias if bias is not None else 0)
     return y_mean, weight @ cov @ weight.T
@@ -140,11 +141,14 @@ class GaussianTargets:
     ridge: torch.Tensor  # float64 [L]
 
     @classmethod
-    def stack(cls, targets: list[GaussianTarget]) -> "GaussianTargets":
+    def stack(cls, targets: list[GaussianTarget]) -> GaussianTargets:
         device = targets[0].mean.device
-        return cls(torch.stack([t.mean for t in targets]), torch.stack([t.chol for t in targets]),
-                   torch.stack([t.logdet for t in targets]),
-                   torch.tensor([t.ridge for t in targets], dtype=torch.float64, device=device))
+        return cls(
+            torch.stack([t.mean for t in targets]),
+            torch.stack([t.chol for t in targets]),
+            torch.stack([t.logdet for t in targets]),
+            torch.tensor([t.ridge for t in targets], dtype=torch.float64, device=device),
+        )
 
     @property
     def dim(self) -> int:
@@ -223,7 +227,12 @@ class MovingMoments:
         if self.means is None:
             return {}
         cpu = lambda ts: [t.cpu() for t in ts]  # noqa: E731
-        return {"means": cpu(self.means), "seconds": cpu(self.seconds), "mean": self.mean.cpu(), "second": self.second.cpu()}
+        return {
+            "means": cpu(self.means),
+            "seconds": cpu(self.seconds),
+            "mean": self.mean.cpu(),
+            "second": self.second.cpu(),
+        }
 
     def load_state_dict(self, state: dict, device="cpu") -> None:
         if not state:

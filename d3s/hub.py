@@ -27,8 +27,10 @@ def _hub_settings() -> str:
         offline, cache = bool(constants.HF_HUB_OFFLINE), constants.HF_HUB_CACHE
     except Exception:  # noqa: BLE001 - only for a message
         offline, cache = os.environ.get("HF_HUB_OFFLINE", "") == "1", os.environ.get("HF_HUB_CACHE", "?")
-    return (f"HF_HUB_OFFLINE={int(offline)}, hub cache {cache} "
-            f"(HF_HUB_CACHE, else HF_HOME/hub), HF_HOME={os.environ.get('HF_HOME', '(unset)')}")
+    return (
+        f"HF_HUB_OFFLINE={int(offline)}, hub cache {cache} "
+        f"(HF_HUB_CACHE, else HF_HOME/hub), HF_HOME={os.environ.get('HF_HOME', '(unset)')}"
+    )
 
 
 def _cached_revision(hf_hub_id: str | None) -> str:
@@ -54,13 +56,17 @@ def _pretrained_cfg(name: str):
     from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
-        raise D3SError(f"timm model {name!r}: unknown to timm {timm.__version__} "
-                       f"(names with weights: timm.list_pretrained('{name.split('.')[0]}*'))")
+        raise D3SError(
+            f"timm model {name!r}: unknown to timm {timm.__version__} "
+            f"(names with weights: timm.list_pretrained('{name.split('.')[0]}*'))"
+        )
     try:
         cfg = get_pretrained_cfg(name, allow_unregistered=False)
     except RuntimeError as e:  # a wrong tag, or an architecture without any weights
-        raise D3SError(f"timm model {name!r}: no pretrained weights by that name ({e}); "
-                       f"tags: {', '.join(timm.list_pretrained(name.split('.')[0])) or 'none'}") from None
+        raise D3SError(
+            f"timm model {name!r}: no pretrained weights by that name ({e}); "
+            f"tags: {', '.join(timm.list_pretrained(name.split('.')[0])) or 'none'}"
+        ) from None
     if not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise D3SError(f"timm model {name!r}: timm {timm.__version__} lists no source for its weights")
     return cfg
@@ -111,7 +117,14 @@ def fetch_pretrained(name: str, out: str | os.PathLike) -> dict:
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     n = sum(t.numel() for t in state.values())
-    log.info("wrote %s: %d tensors, %d values; %d classes, %s inputs, mean %s std %s (give the dataset this "
-             "normalisation)", Path(out), len(state), n, pcfg.get("num_classes", 0), pcfg.get("input_size"),
-             pcfg.get("mean"), pcfg.get("std"))
+    log.info(
+        "wrote %s: %d tensors, %d values; %d classes, %s inputs, mean %s std %s (give the dataset this normalisation)",
+        Path(out),
+        len(state),
+        n,
+        pcfg.get("num_classes", 0),
+        pcfg.get("input_size"),
+        pcfg.get("mean"),
+        pcfg.get("std"),
+    )
     return metadata

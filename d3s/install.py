@@ -29,4 +29,5 @@ def check_installed_source(environ=os.environ, prefix: str | None = None) -> Non
         raise D3SError(
             f"the conda environment {prefix} runs d3s from {installed}, but this workflow is {wanted}: "
             "environments are shared by every checkout with the same --conda-prefix. Give this checkout its "
-            f"own --conda-prefix, or remove {prefix} so that Snakemake builds it again")
+            f"own --conda-prefix, or remove {prefix} so that Snakemake builds it again"
+        )

@@ -37,8 +37,9 @@ class Method:
     def matching_class(self) -> type:
         """Its objective class, imported now (it needs torch)."""
         if self.matching is None:
-            raise D3SError(f"method '{self.name}' synthesises no images; distill runs "
-                           f"{', '.join(synthesising_methods())}")
+            raise D3SError(
+                f"method '{self.name}' synthesises no images; distill runs {', '.join(synthesising_methods())}"
+            )
         module, _, cls = self.matching.partition(":")
         return getattr(importlib.import_module(module), cls)
 
@@ -70,12 +71,29 @@ def synthesising_methods() -> tuple[str, ...]:
     return tuple(name for name, m in _METHODS.items() if m.synthesises)
 
 
-register_method(Method(
-    "d3s", "D3S", synthesises=True, needs_stats=True, matching="d3s.distill:GaussianMatching",
-    description="match full-covariance Gaussians of the real data", colour="C0", marker="o"))
-register_method(Method(
-    "sre2l", "SRe2L", synthesises=True, matching="d3s.distill:RunningStatsMatching",
-    description="the SRe2L baseline (BN running stats)", colour="C1", marker="s"))
+register_method(
+    Method(
+        "d3s",
+        "D3S",
+        synthesises=True,
+        needs_stats=True,
+        matching="d3s.distill:GaussianMatching",
+        description="match full-covariance Gaussians of the real data",
+        colour="C0",
+        marker="o",
+    )
+)
+register_method(
+    Method(
+        "sre2l",
+        "SRe2L",
+        synthesises=True,
+        matching="d3s.distill:RunningStatsMatching",
+        description="the SRe2L baseline (BN running stats)",
+        colour="C1",
+        marker="s",
+    )
+)
 register_method(Method("herding", "herding", synthesises=False, colour="C3", marker="v"))
 register_method(Method("kcenter", "k-center", synthesises=False, colour="C4", marker="D"))
 register_method(Method("random", "random real", synthesises=False, colour="C2", marker="^"))

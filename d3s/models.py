@@ -14,7 +14,7 @@ Names:
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -39,8 +39,9 @@ class ConvNet(nn.Module):
     ReLU is not in-place so a hooked BN output is never overwritten.
     """
 
-    def __init__(self, num_classes: int, in_chans: int, image_size: int, depth: int = 3, width: int = 128,
-                 norm: str = "batch"):
+    def __init__(
+        self, num_classes: int, in_chans: int, image_size: int, depth: int = 3, width: int = 128, norm: str = "batch"
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c, size = in_chans, image_size

@@ -40,16 +40,22 @@ def plot_accuracy(summary_tsv: str, out: str) -> None:
     for student in students:
         for mode in modes:
             for method in per_ipc:
-                pts = sorted((int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"])) for r in rows
-                             if r["method"] == method.name and r["student"] == student and r["ipc"] != "all"
-                             and r.get("labels", "soft") == mode)
+                pts = sorted(
+                    (int(r["ipc"]), float(r["top1_mean"]), float(r["top1_std"]))
+                    for r in rows
+                    if r["method"] == method.name
+                    and r["student"] == student
+                    and r["ipc"] != "all"
+                    and r.get("labels", "soft") == mode
+                )
                 if not pts:
                     continue
                 x, y, e = map(np.asarray, zip(*pts))
                 name = method.label if len(students) == 1 else f"{method.label} ({student})"
                 name += f", {mode} labels" if len(modes) > 1 else ""
-                ax.errorbar(x, y, yerr=e, label=name, color=method.colour, marker=method.marker, capsize=3,
-                            ls=LINE_STYLE[mode])
+                ax.errorbar(
+                    x, y, yerr=e, label=name, color=method.colour, marker=method.marker, capsize=3, ls=LINE_STYLE[mode]
+                )
         for r in rows:
             if r["method"] == "full" and r["student"] == student and r.get("labels", "soft") == modes[0]:
                 m, s = float(r["top1_mean"]), float(r["top1_std"])
@@ -98,7 +104,7 @@ def image_grid(tiles: np.ndarray, labels: np.ndarray, ipc_index: np.ndarray, cla
     grid = np.full((classes * (h + 1), ipc * (w + 1), c), 255, dtype=np.uint8)
     for img, label, i in zip(tiles, labels, ipc_index):
         if label < classes and i < ipc:
-            grid[label * (h + 1):label * (h + 1) + h, i * (w + 1):i * (w + 1) + w] = img
+            grid[label * (h + 1) : label * (h + 1) + h, i * (w + 1) : i * (w + 1) + w] = img
     return grid
 
 
@@ -118,6 +124,8 @@ def plot_images(images_path: str, out: str, max_classes: int = 20, max_ipc: int 
     ax.set_yticks([r * (h + 1) + h / 2 for r in range(classes)], s.classes[:classes], fontsize=7)
     ax.set_xticks([i * (w + 1) + w / 2 for i in range(ipc)], [str(i) for i in range(ipc)], fontsize=7)
     ax.set_xlabel("IPC index")
-    ax.set_title(f"{s.method}, IPC {s.ipc_range[1]}" + (f" (first {classes} classes)" if classes < len(s.classes) else ""),
-                 fontsize=9)
+    ax.set_title(
+        f"{s.method}, IPC {s.ipc_range[1]}" + (f" (first {classes} classes)" if classes < len(s.classes) else ""),
+        fontsize=9,
+    )
     _save(fig, out)

@@ -53,8 +53,14 @@ def write_index(spec: DatasetSpec, out: str, seed: int = 0) -> dict[str, int]:
         labels = {s: getattr(data, s).labels.numpy().astype(np.int64) for s in SPLITS}
     order = torch.randperm(len(labels["train"]), generator=generator(seed, 60)).numpy()
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, INDEX_KIND, config={"dataset": spec.to_dict()}, seed=seed, classes=classes,
-                         inputs={"root": spec.root, "path": spec.path})
+        write_provenance(
+            f,
+            INDEX_KIND,
+            config={"dataset": spec.to_dict()},
+            seed=seed,
+            classes=classes,
+            inputs={"root": spec.root, "path": spec.path},
+        )
         for s in SPLITS:
             g = f.create_group(s)
             g.create_dataset("labels", data=labels[s])
@@ -62,8 +68,14 @@ def write_index(spec: DatasetSpec, out: str, seed: int = 0) -> dict[str, int]:
                 g.create_dataset("files", data=files[s], dtype=h5py.string_dtype())
         f["train"].create_dataset("order", data=order)
     counts = {s: len(labels[s]) for s in SPLITS}
-    log.info("index of '%s': %d classes, %d train / %d test images, listed in %.1f s", spec.name, len(classes),
-             counts["train"], counts["test"], time.perf_counter() - t0)
+    log.info(
+        "index of '%s': %d classes, %d train / %d test images, listed in %.1f s",
+        spec.name,
+        len(classes),
+        counts["train"],
+        counts["test"],
+        time.perf_counter() - t0,
+    )
     return counts
 
 
@@ -92,20 +104,30 @@ def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1
         n_test = len(index["test"]["labels"])
         # a source that is not an image folder is loaded once, for both splits
         loaded = None if "files" in index["train"] else load_dataset(spec)
-        sets = {"train": _part_dataset(spec, index, "train", order[part_rows(len(order), part, parts)], loaded),
-                "test": _part_dataset(spec, index, "test", np.arange(n_test)[part_rows(n_test, part, parts)], loaded)}
+        sets = {
+            "train": _part_dataset(spec, index, "train", order[part_rows(len(order), part, parts)], loaded),
+            "test": _part_dataset(spec, index, "test", np.arange(n_test)[part_rows(n_test, part, parts)], loaded),
+        }
     empty = [s for s, ds in sets.items() if len(ds) == 0]
     if empty:
-        raise D3SError(f"pack: part {part} of {parts} has no {empty[0]} images ({len(order)} train, {n_test} test "
-                       "in the index); use fewer parts")
+        raise D3SError(
+            f"pack: part {part} of {parts} has no {empty[0]} images ({len(order)} train, {n_test} test "
+            "in the index); use fewer parts"
+        )
     # THREADS decode workers: the main process only copies finished batches into the file, so with
     # threads - 1 workers one core of the job's allocation would sit idle (measured: threads 2 with
     # one worker decoded slower than threads 1). threads 1 decodes in the main process.
     workers = (threads if threads > 1 else 0) if get_source(spec.source).decodes_files else 0
     t0, decoded = time.perf_counter(), 0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, PART_KIND, config={"dataset": spec.to_dict(), "part": part, "parts": parts}, seed=None,
-                         classes=classes, inputs={"index": str(index_path)})
+        write_provenance(
+            f,
+            PART_KIND,
+            config={"dataset": spec.to_dict(), "part": part, "parts": parts},
+            seed=None,
+            classes=classes,
+            inputs={"index": str(index_path)},
+        )
         for split, ds in sets.items():
             g = f.create_group(split)
             g.create_dataset("labels", data=np.asarray([int(y) for y in _labels(ds)], dtype=np.int64))
@@ -116,13 +138,20 @@ def pack_part(index_path: str, part: int, parts: int, out: str, threads: int = 1
                 x = x.permute(0, 2, 3, 1).numpy()  # [B, S, S, C], the dataset file layout
                 if images is None:
                     images = g.create_dataset("images", shape=(len(ds), *x.shape[1:]), dtype=np.uint8)
-                images[row:row + len(x)] = x
+                images[row : row + len(x)] = x
                 row, decoded = row + len(x), decoded + len(x)
                 if (step + 1) % every == 0:
                     log.info("pack part %d/%d %s: %d/%d images", part + 1, parts, split, row, len(ds))
     seconds = time.perf_counter() - t0
-    log.info("pack part %d/%d: %d images in %.1f s (%.0f images/s with %d decode workers)", part + 1, parts, decoded,
-             seconds, decoded / max(seconds, 1e-9), workers)
+    log.info(
+        "pack part %d/%d: %d images in %.1f s (%.0f images/s with %d decode workers)",
+        part + 1,
+        parts,
+        decoded,
+        seconds,
+        decoded / max(seconds, 1e-9),
+        workers,
+    )
     return {"images": decoded, "seconds": seconds, "workers": workers}
 
 
@@ -146,7 +175,7 @@ def merge_packed(part_paths: list[str], out: str) -> dict[str, int]:
     found = sorted(c["part"] for c, _, _ in heads)
     if found != list(range(parts)):
         raise D3SError(f"pack merge: expected parts 0..{parts - 1} of one index, got parts {found}")
-    for p, (c, cl, shapes) in zip(part_paths, heads):
+    for p, (c, cl, _shapes) in zip(part_paths, heads):
         if c["dataset"] != config["dataset"] or cl != classes or c["parts"] != parts:
             raise D3SError(f"pack merge: {p} was packed from another dataset spec or index than {part_paths[0]}")
     heads_by_part = sorted(zip(part_paths, heads), key=lambda ph: ph[1][0]["part"])
@@ -157,26 +186,41 @@ def merge_packed(part_paths: list[str], out: str) -> dict[str, int]:
             shapes = [h[2][split] for _, h in heads_by_part]
             n, item = sum(s[0] for s in shapes), shapes[0][1:]
             if any(s[1:] != item for s in shapes):
-                raise D3SError(f"pack merge: parts disagree on the {split} image shape: {sorted({s[1:] for s in shapes})}")
+                raise D3SError(
+                    f"pack merge: parts disagree on the {split} image shape: {sorted({s[1:] for s in shapes})}"
+                )
             rows = max(1, min(n, CHUNK_BYTES // int(np.prod(item))))
-            images = f.create_dataset(f"{split}/images", shape=(n, *item), dtype=np.uint8,
-                                      chunks=(rows, *item) if n else None)
+            images = f.create_dataset(
+                f"{split}/images", shape=(n, *item), dtype=np.uint8, chunks=(rows, *item) if n else None
+            )
             labels = f.create_dataset(f"{split}/labels", shape=(n,), dtype=np.int64)
             row = 0
             for path, _ in heads_by_part:
                 with open_artifact(path, PART_KIND) as part:
                     src = part[split]["images"]
                     for a in range(0, len(src), rows * 16):  # bounded reads: a part can be gigabytes
-                        block = src[a:a + rows * 16]
-                        images[row + a:row + a + len(block)] = block
-                    labels[row:row + len(src)] = part[split]["labels"][()]
+                        block = src[a : a + rows * 16]
+                        images[row + a : row + a + len(block)] = block
+                    labels[row : row + len(src)] = part[split]["labels"][()]
                     row += len(src)
             counts[split] = n
-        write_provenance(f, "packed_dataset", config={"dataset": spec}, seed=None, classes=classes,
-                         inputs={"parts": [str(p) for p in part_paths]})
+        write_provenance(
+            f,
+            "packed_dataset",
+            config={"dataset": spec},
+            seed=None,
+            classes=classes,
+            inputs={"parts": [str(p) for p in part_paths]},
+        )
         f.attrs["image_size"] = int(f["test/images"].shape[1])
         if spec.get("eval_resize"):
             f.attrs["eval_resize"] = int(spec["eval_resize"])
-    log.info("packed '%s': %d train / %d test images into %s (%.2f GB)", spec.get("name"), counts["train"],
-             counts["test"], out, Path(out).stat().st_size / 1e9)
+    log.info(
+        "packed '%s': %d train / %d test images into %s (%.2f GB)",
+        spec.get("name"),
+        counts["train"],
+        counts["test"],
+        out,
+        Path(out).stat().st_size / 1e9,
+    )
     return counts

@@ -78,11 +78,18 @@ def generate_soft_labels(
     models = [maybe_compile(prepare_model(t.model, device)) for t in teachers]
     r = ranks()
     digest = images_digest(synthetic.images)
-    checkpoint = checkpoints.checkpointer({
-        "stage": "relabel", "params": asdict(params), "seed": seed, "images": digest, "classes": synthetic.classes,
-        "teachers": [[t.weights_sha256, t.mean, t.std, t.image_size, t.hflip] for t in teachers],
-        "processes": r.world,  # a checkpoint counts rounds of `processes` label epochs
-    }, every=-(-checkpoints.every // r.world))
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "relabel",
+            "params": asdict(params),
+            "seed": seed,
+            "images": digest,
+            "classes": synthetic.classes,
+            "teachers": [[t.weights_sha256, t.mean, t.std, t.image_size, t.hflip] for t in teachers],
+            "processes": r.world,  # a checkpoint counts rounds of `processes` label epochs
+        },
+        every=-(-checkpoints.every // r.world),
+    )
     partial = checkpoint.dir / PARTIAL if checkpoint.enabled else None
     if r.main and partial is not None and (checkpoint.dir / "state.pt").exists() and not is_labels_file(partial):
         log.warning("relabel: %s is missing or unreadable: starting over", partial)
@@ -95,7 +102,9 @@ def generate_soft_labels(
         boxes, flips = to_device(boxes, device), to_device(flips, device)
         for start in range(0, n, params.batch_size):
             sl = slice(start, start + params.batch_size)
-            view = prepare_input(apply_views(normalizer.from_uint8(images.take(sl)), boxes[sl], flips[sl], t0.image_size))
+            view = prepare_input(
+                apply_views(normalizer.from_uint8(images.take(sl)), boxes[sl], flips[sl], t0.image_size)
+            )
             with autocast(device, params.precision):
                 batch_logits = torch.stack([m(view).float() for m in models]).mean(0)
             packed[sl] = pack_logits(batch_logits, k)
@@ -142,9 +151,17 @@ def generate_soft_labels(
     target = atomic_path(out) if r.main and partial is None else contextlib.nullcontext(partial)
     with target as path:
         try:
-            run_epochs("relabel" if r.world == 1 else f"relabel ({r.world} label epochs a round)", rounds,
-                       -(-n // params.batch_size), round_steps, device, checkpoint,
-                       snapshot if checkpoint.enabled else None, restore, log_lines=10)
+            run_epochs(
+                "relabel" if r.world == 1 else f"relabel ({r.world} label epochs a round)",
+                rounds,
+                -(-n // params.batch_size),
+                round_steps,
+                device,
+                checkpoint,
+                snapshot if checkpoint.enabled else None,
+                restore,
+                log_lines=10,
+            )
             open_writer()  # no round ran (resumed after the last, or no epochs): the file is still made
         finally:
             if writer is not None:

@@ -53,7 +53,8 @@ def resolve_device(name: str) -> torch.device:
                 f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}) but torch {torch.__version__} sees none "
                 f"(built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). Install a CUDA build of torch "
                 "in the job's environment (README, 'Cluster (SLURM)': envs/d3s.yaml, CONDA_OVERRIDE_CUDA), "
-                "or set `device: cpu` (--device cpu) to run on the CPU on purpose")
+                "or set `device: cpu` (--device cpu) to run on the CPU on purpose"
+            )
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

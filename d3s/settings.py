@@ -15,23 +15,35 @@ import shlex
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from .hparams import SECTIONS
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "config" / "schema" / "config.schema.yaml"
-SCHEMA_HEADER = ("# JSON Schema (draft 2020-12) for config/config.yaml; snakemake validates against it and fills "
-                 "defaults.\n# The stage sections and $defs/dataset are rendered from d3s/hparams.py and "
-                 "d3s/dataset_spec.py by\n# `python -m d3s.settings`: edit those, not these sections.\n")
+SCHEMA_HEADER = (
+    "# JSON Schema (draft 2020-12) for config/config.yaml; snakemake validates against it and fills "
+    "defaults.\n# The stage sections and $defs/dataset are rendered from d3s/hparams.py and "
+    "d3s/dataset_spec.py by\n# `python -m d3s.settings`: edit those, not these sections.\n"
+)
 # Where each rendered section goes among the hand-written run-level keys (after the key named).
-SECTION_AFTER = {"teacher_training": "checkpoint_every", "stats": "teacher_training", "distill": "stats",
-                 "relabel": "distill_by_ipc", "evaluate": "relabel"}
+SECTION_AFTER = {
+    "teacher_training": "checkpoint_every",
+    "stats": "teacher_training",
+    "distill": "stats",
+    "relabel": "distill_by_ipc",
+    "evaluate": "relabel",
+}
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
-BOUND_KEYWORDS = {"minimum": "minimum", "exclusive_minimum": "exclusiveMinimum", "maximum": "maximum",
-                  "exclusive_maximum": "exclusiveMaximum"}
+BOUND_KEYWORDS = {
+    "minimum": "minimum",
+    "exclusive_minimum": "exclusiveMinimum",
+    "maximum": "maximum",
+    "exclusive_maximum": "exclusiveMaximum",
+}
 
 
 def _plain_type(annotation: Any) -> Any:
@@ -71,8 +83,13 @@ def config_fields(cls: type) -> list[dataclasses.Field]:
 
 def section_schema(cls: type) -> dict[str, Any]:
     """A stage's config section: an object of its settings, each optional with its default."""
-    return {"type": "object", "description": (cls.__doc__ or "").strip(), "additionalProperties": False,
-            "default": {}, "properties": field_schemas(cls, config_fields(cls))}
+    return {
+        "type": "object",
+        "description": (cls.__doc__ or "").strip(),
+        "additionalProperties": False,
+        "default": {},
+        "properties": field_schemas(cls, config_fields(cls)),
+    }
 
 
 def render_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -131,8 +148,9 @@ def command_options(section: str, settings: Mapping[str, Any]) -> str:
     return " ".join(args)
 
 
-def distill_settings(config: Mapping[str, Any], ipc: int | str | None, changes: Mapping[str, Any] | None = None
-                     ) -> dict[str, Any]:
+def distill_settings(
+    config: Mapping[str, Any], ipc: int | str | None, changes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The `distill` section as IPC `ipc` runs it: its `distill_by_ipc` entry applied, then `changes`
     (a sweep variant's)."""
     by_ipc = {str(k): v for k, v in (config.get("distill_by_ipc") or {}).items()}

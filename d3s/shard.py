@@ -38,12 +38,14 @@ class Shard:
         return f"i{self.ipc_start}-{self.ipc_end}_c{classes}"
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         """`i0-5_call` -> Shard(0, 5); `i5-10_c0-100` -> Shard(5, 10, 0, 100)."""
         m = _PARTS.fullmatch(text)
         if not m:
-            raise D3SError(f"shard {text!r}: expected i<first>-<end>_c<classes>, classes 'all' or <first>-<end> "
-                           "(e.g. i0-5_call, i5-10_c0-100)")
+            raise D3SError(
+                f"shard {text!r}: expected i<first>-<end>_c<classes>, classes 'all' or <first>-<end> "
+                "(e.g. i0-5_call, i5-10_c0-100)"
+            )
         a, b, every, c, d = m.groups()
         return cls(int(a), int(b)) if every else cls(int(a), int(b), int(c), int(d))
 
@@ -63,15 +65,20 @@ class Shard:
         return self.ipc_end - self.ipc_start
 
 
-def plan_shards(ipc: int, ipc_per_shard: int, num_classes: int | None = None,
-                classes_per_shard: int = 0) -> list[Shard]:
+def plan_shards(
+    ipc: int, ipc_per_shard: int, num_classes: int | None = None, classes_per_shard: int = 0
+) -> list[Shard]:
     """The shards of a distilled set of `ipc` images per class: blocks of `ipc_per_shard` IPC indices,
     and with `classes_per_shard` (which needs `num_classes`) blocks of that many classes."""
     ipc_blocks = [(a, min(a + ipc_per_shard, ipc)) for a in range(0, ipc, ipc_per_shard)]
     if not classes_per_shard:
         return [Shard(a, b) for a, b in ipc_blocks]
     if not num_classes:
-        raise D3SError("classes_per_shard needs the dataset's num_classes (class blocks are planned before the data "
-                       "is read)")
-    return [Shard(a, b, c, min(c + classes_per_shard, num_classes))
-            for a, b in ipc_blocks for c in range(0, num_classes, classes_per_shard)]
+        raise D3SError(
+            "classes_per_shard needs the dataset's num_classes (class blocks are planned before the data is read)"
+        )
+    return [
+        Shard(a, b, c, min(c + classes_per_shard, num_classes))
+        for a, b in ipc_blocks
+        for c in range(0, num_classes, classes_per_shard)
+    ]

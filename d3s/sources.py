@@ -69,9 +69,26 @@ def sources_description() -> str:
 
 
 register_source("digits", "scikit-learn's bundled 8x8 digits", "d3s.data:load_digits")
-register_source("hdf5", "a file with train/images, train/labels, test/..., attribute classes", "d3s.data:load_hdf5",
-                needs=("path",), takes_splits=True)
-register_source("torchvision", "CIFAR10/CIFAR100/MNIST/FashionMNIST folders under root", "d3s.data:load_torchvision",
-                needs=("root", "torchvision_name"), packable=True)
-register_source("imagefolder", "root/train/<class>/ images and a validation folder", "d3s.data:load_imagefolder",
-                needs=("root", "image_size"), takes_splits=True, packable=True, decodes_files=True)
+register_source(
+    "hdf5",
+    "a file with train/images, train/labels, test/..., attribute classes",
+    "d3s.data:load_hdf5",
+    needs=("path",),
+    takes_splits=True,
+)
+register_source(
+    "torchvision",
+    "CIFAR10/CIFAR100/MNIST/FashionMNIST folders under root",
+    "d3s.data:load_torchvision",
+    needs=("root", "torchvision_name"),
+    packable=True,
+)
+register_source(
+    "imagefolder",
+    "root/train/<class>/ images and a validation folder",
+    "d3s.data:load_imagefolder",
+    needs=("root", "image_size"),
+    takes_splits=True,
+    packable=True,
+    decodes_files=True,
+)

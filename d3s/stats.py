@@ -17,7 +17,7 @@ from .artifacts import check_same_classes
 from .artifacts.stats import LayerStats, save_stats
 from .artifacts.teacher import Teacher
 from .bn_inputs import BNInputRecorder
-from .checkpoint import CheckpointPlan, Checkpointer
+from .checkpoint import Checkpointer, CheckpointPlan
 from .data import evaluation_loader, load_dataset
 from .dataset_spec import DatasetSpec
 from .distributed import Ranks
@@ -41,19 +41,27 @@ class InputConvMoments:
         self.acc = MomentAccumulator(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], device)
 
     @classmethod
-    def find(cls, model: nn.Module, recorder: "BNInputRecorder", example: torch.Tensor, device):
+    def find(cls, model: nn.Module, recorder: BNInputRecorder, example: torch.Tensor, device):
         """The conv whose input is the model's input and whose output is the first BN's input, if any."""
         seen = []
-        hooks = [m.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out)))
-                 for m in model.modules() if isinstance(m, nn.Conv2d)]
+        hooks = [
+            m.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out)))
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
         try:
             model(example)
         finally:
             for h in hooks:
                 h.remove()
         for conv, inp, out in seen:
-            if (inp is example and out is recorder.inputs[0] and conv.groups == 1 and conv.padding_mode == "zeros"
-                    and isinstance(conv.padding, tuple)):
+            if (
+                inp is example
+                and out is recorder.inputs[0]
+                and conv.groups == 1
+                and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple)
+            ):
                 return cls(conv, device)
         return None
 
@@ -103,8 +111,12 @@ def extract_stats(
         if pooling == "positions" and len(dataset):
             probe = resize(normalizer.from_uint8(dataset[0][0][None].to(device)), teacher.image_size)
             first = InputConvMoments.find(model, rec, probe, device)
-            log.info("first BN layer: %s", f"moments through the patches of '{rec.names[0]}''s input conv" if first
-                     else "moments of its input directly (no conv straight from the image)")
+            log.info(
+                "first BN layer: %s",
+                f"moments through the patches of '{rec.names[0]}''s input conv"
+                if first
+                else "moments of its input directly (no conv straight from the image)",
+            )
         start = 0
         state = checkpoint.load()
         if state is not None:
@@ -130,10 +142,10 @@ def extract_stats(
             if (step + 1) % every == 0:
                 log.info("stats: %d/%d batches", step + 1, n_batches)
             # a batch end is the pass's safe point
-            checkpoint.at_safe_point(step + 1, n_batches, lambda: _moments_state(step + 1, accs, first, g))
+            checkpoint.at_safe_point(step + 1, n_batches, lambda step=step: _moments_state(step + 1, accs, first, g))
         names = rec.names
         running = [(m.running_mean, m.running_var) for _, m in rec.layers]
-    out = [LayerStats(n, a.mean.cpu(), a.covariance().cpu(), a.count) for n, a, in zip(names, accs)]
+    out = [LayerStats(n, a.mean.cpu(), a.covariance().cpu(), a.count) for n, a in zip(names, accs)]
     if first is not None:
         mean, cov, count = first.moments()
         out[0] = LayerStats(names[0], mean.cpu(), cov.cpu(), count)
@@ -141,31 +153,46 @@ def extract_stats(
         if rm is not None and pooling == "positions":
             # Sanity check against BN's own running buffers (train-mode EMA with augmentation: close, not equal).
             err = (s.mean - rm.double().cpu()).abs().mean() / rv.double().cpu().sqrt().mean()
-            log.info("layer %-24s D=%-4d samples=%-9d |mean - running_mean| / running_std = %.3f", s.name, len(s.mean), s.count, err)
+            log.info(
+                "layer %-24s D=%-4d samples=%-9d |mean - running_mean| / running_std = %.3f",
+                s.name,
+                len(s.mean),
+                s.count,
+                err,
+            )
     return out
 
 
-def _moments_state(step: int, accs: list[MomentAccumulator], first: InputConvMoments | None,
-                   g: torch.Generator) -> dict:
+def _moments_state(
+    step: int, accs: list[MomentAccumulator], first: InputConvMoments | None, g: torch.Generator
+) -> dict:
     """The statistics pass after `step` batches: every running moment (float64, exact) and the views' generator."""
+
     def moments(a: MomentAccumulator) -> dict:
         return {"count": a.count, "mean": a.mean.cpu(), "scatter": a.scatter.cpu()}
 
-    return {"step": step, "moments": [moments(a) for a in accs], "first": None if first is None else moments(first.acc),
-            "views_rng": g.get_state()}
+    return {
+        "step": step,
+        "moments": [moments(a) for a in accs],
+        "first": None if first is None else moments(first.acc),
+        "views_rng": g.get_state(),
+    }
 
 
-def _restore_moments(state: dict, accs: list[MomentAccumulator], first: InputConvMoments | None,
-                     g: torch.Generator) -> int:
+def _restore_moments(
+    state: dict, accs: list[MomentAccumulator], first: InputConvMoments | None, g: torch.Generator
+) -> int:
     """Load what `_moments_state` saved; returns the number of batches already done."""
+
     def load(a: MomentAccumulator, saved: dict) -> None:
         a.count = int(saved["count"])
         a.mean.copy_(saved["mean"])
         a.scatter.copy_(saved["scatter"])
 
     if len(state["moments"]) != len(accs) or (state["first"] is None) != (first is None):
-        raise D3SError("extract-stats: the checkpoint holds other layers than this teacher's; "
-                       "remove the --resume-dir folder")
+        raise D3SError(
+            "extract-stats: the checkpoint holds other layers than this teacher's; remove the --resume-dir folder"
+        )
     for a, saved in zip(accs, state["moments"]):
         load(a, saved)
     if first is not None:
@@ -174,25 +201,55 @@ def _restore_moments(state: dict, accs: list[MomentAccumulator], first: InputCon
     return int(state["step"])
 
 
-def run_extract_stats(teacher: Teacher, spec: DatasetSpec, pooling: str, batch_size: int, out: str, device, threads: int = 0,
-                      views: int = 0, crop_scale_min: float = 0.5, seed: int = 0,
-                      checkpoints: CheckpointPlan = CheckpointPlan()) -> None:
+def run_extract_stats(
+    teacher: Teacher,
+    spec: DatasetSpec,
+    pooling: str,
+    batch_size: int,
+    out: str,
+    device,
+    threads: int = 0,
+    views: int = 0,
+    crop_scale_min: float = 0.5,
+    seed: int = 0,
+    checkpoints: CheckpointPlan = CheckpointPlan(),
+) -> None:
     data = load_dataset(spec, splits=("train",))
     workers = data.loader_workers(threads)
     check_same_classes(teacher.classes, teacher.path, data.classes, f"dataset '{spec.name}'")
     # Views crop the stored training image (as training did); plain images are its centre crop (as the test protocol)
     images = data.train if views else data.train_plain
-    checkpoint = checkpoints.checkpointer({
-        "stage": "extract-stats", "teacher": teacher.weights_sha256, "normalisation": [teacher.mean, teacher.std],
-        "image_size": teacher.image_size, "hflip": teacher.hflip, "classes": teacher.classes, "dataset": spec.to_dict(),
-        "n_images": len(images), "pooling": pooling, "batch_size": batch_size, "views": views,
-        "crop_scale_min": crop_scale_min if views else None, "seed": seed if views else None,
-    })
-    layers = extract_stats(teacher, images, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed,
-                           checkpoint)
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "extract-stats",
+            "teacher": teacher.weights_sha256,
+            "normalisation": [teacher.mean, teacher.std],
+            "image_size": teacher.image_size,
+            "hflip": teacher.hflip,
+            "classes": teacher.classes,
+            "dataset": spec.to_dict(),
+            "n_images": len(images),
+            "pooling": pooling,
+            "batch_size": batch_size,
+            "views": views,
+            "crop_scale_min": crop_scale_min if views else None,
+            "seed": seed if views else None,
+        }
+    )
+    layers = extract_stats(
+        teacher, images, pooling, batch_size, device, workers, views, (crop_scale_min, 1.0), seed, checkpoint
+    )
     config = {"pooling": pooling, "batch_size": batch_size, "views": views}
     if views:
         config["crop_scale_min"] = crop_scale_min
-    save_stats(out, layers, teacher, pooling=pooling, n_images=len(data.train), config=config,
-               seed=seed if views else None, dataset=spec.to_dict())
+    save_stats(
+        out,
+        layers,
+        teacher,
+        pooling=pooling,
+        n_images=len(data.train),
+        config=config,
+        seed=seed if views else None,
+        dataset=spec.to_dict(),
+    )
     checkpoint.clear()

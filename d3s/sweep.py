@@ -93,15 +93,18 @@ def check_sweep(sweep: dict, methods: list[str], ipcs: list[int]) -> None:
             raise ValueError(f"config: sweep.{method}: the method is not in `methods` ({', '.join(methods)})")
         if not get_method(method).per_ipc and entry.get("by_ipc"):
             raise ValueError("config: sweep.full.by_ipc: the full-data student has no IPC")
-        layers = [(f"sweep.{method}", entry)] + [(f"sweep.{method}.by_ipc.{i}", e)
-                                                for i, e in (entry.get("by_ipc") or {}).items()]
+        layers = [(f"sweep.{method}", entry)] + [
+            (f"sweep.{method}.by_ipc.{i}", e) for i, e in (entry.get("by_ipc") or {}).items()
+        ]
         for where, layer in layers:
             for section, keys in layer.items():
                 if section == "by_ipc":
                     continue
                 if section not in SECTIONS[method]:
-                    raise ValueError(f"config: {where}.{section}: {method} has no '{section}' settings to sweep "
-                                     f"(it sweeps {', '.join(SECTIONS[method])})")
+                    raise ValueError(
+                        f"config: {where}.{section}: {method} has no '{section}' settings to sweep "
+                        f"(it sweeps {', '.join(SECTIONS[method])})"
+                    )
                 for key, values in keys.items():
                     if not isinstance(values, list) or not values:
                         raise ValueError(f"config: {where}.{section}.{key}: expected a non-empty list of values")
@@ -128,6 +131,8 @@ def check_budgets(sweep: dict, methods: list[str], ipcs: list[int], labels: tupl
             counts = {m: budget(sweep, m, ipc, mode) for m in per_ipc}
             if len(set(counts.values())) > 1:
                 listed = ", ".join(f"{m} {n}" for m, n in counts.items())
-                raise ValueError(f"config: sweep: at IPC {ipc} the methods have different budgets ({listed} variants"
-                                 f"{' for hard-label students, which ignore relabel settings' if mode == 'hard' else ''}); "
-                                 "give every method a grid of the same size, so none is tuned more than another")
+                raise ValueError(
+                    f"config: sweep: at IPC {ipc} the methods have different budgets ({listed} variants"
+                    f"{' for hard-label students, which ignore relabel settings' if mode == 'hard' else ''}); "
+                    "give every method a grid of the same size, so none is tuned more than another"
+                )

@@ -40,13 +40,27 @@ def normalisation(data: LoadedDataset, info: str | None, threads: int) -> tuple[
         mean, std = channel_moments(data.train_plain, workers=data.loader_workers(threads))
         source = f"computed from {len(data.train)} training images"
     if len(mean) != data.channels or len(std) != data.channels:
-        raise D3SError(f"dataset '{spec.name}': mean/std have {len(mean)}/{len(std)} values, images have {data.channels} channels")
+        raise D3SError(
+            f"dataset '{spec.name}': mean/std have {len(mean)}/{len(std)} values, images have {data.channels} channels"
+        )
     log.info("normalisation (%s): mean %s std %s", source, np.round(mean, 4).tolist(), np.round(std, 4).tolist())
     return mean, std, source
 
 
-def _write_teacher(out, model, arch, data: LoadedDataset, mean, std, config: dict, seed: int | None, inputs: dict,
-                   device, threads: int, losses=()) -> dict:
+def _write_teacher(
+    out,
+    model,
+    arch,
+    data: LoadedDataset,
+    mean,
+    std,
+    config: dict,
+    seed: int | None,
+    inputs: dict,
+    device,
+    threads: int,
+    losses=(),
+) -> dict:
     """Test the model on the dataset's test split and store it as a teacher artifact."""
     normalizer = Normalizer(mean, std, device)
     top1, top5 = accuracy(model, data.test, normalizer, data.image_size, device, workers=data.loader_workers(threads))
@@ -54,10 +68,27 @@ def _write_teacher(out, model, arch, data: LoadedDataset, mean, std, config: dic
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = weights_digest(state)
     if ranks().main:
-        save_teacher(out, state, arch=arch, classes=data.classes, channels=data.channels, image_size=data.image_size,
-                     mean=mean, std=std, hflip=data.spec.hflip, dataset=data.spec.to_dict(), test_top1=top1,
-                     test_top5=top5, weights_sha256=digest, n_train=len(data.train), n_test=len(data.test),
-                     config=config, seed=seed, inputs=inputs, losses=losses)
+        save_teacher(
+            out,
+            state,
+            arch=arch,
+            classes=data.classes,
+            channels=data.channels,
+            image_size=data.image_size,
+            mean=mean,
+            std=std,
+            hflip=data.spec.hflip,
+            dataset=data.spec.to_dict(),
+            test_top1=top1,
+            test_top5=top5,
+            weights_sha256=digest,
+            n_train=len(data.train),
+            n_test=len(data.test),
+            config=config,
+            seed=seed,
+            inputs=inputs,
+            losses=losses,
+        )
     return {"test_top1": top1, "test_top5": top5, "weights_sha256": digest}
 
 
@@ -74,23 +105,66 @@ def train_teacher(
 ) -> dict:
     data = load_dataset(spec)
     mean, std, norm_source = normalisation(data, info, threads)
-    checkpoint = checkpoints.checkpointer({"stage": "train-teacher", "arch": arch, "params": asdict(params), "seed": seed,
-                                           "dataset": spec.to_dict(), "classes": data.classes, "mean": mean, "std": std})
+    checkpoint = checkpoints.checkpointer(
+        {
+            "stage": "train-teacher",
+            "arch": arch,
+            "params": asdict(params),
+            "seed": seed,
+            "dataset": spec.to_dict(),
+            "classes": data.classes,
+            "mean": mean,
+            "std": std,
+        }
+    )
     torch.manual_seed(seed)
     model = build_model(arch, data.num_classes, data.channels, data.image_size)
     bn_layers(model, f"architecture '{arch}'")
-    log.info("training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
-             arch, sum(p.numel() for p in model.parameters()), len(data.train), spec.name, data.num_classes, data.image_size)
+    log.info(
+        "training %s (%d parameters) on %d images of '%s', %d classes, %dpx",
+        arch,
+        sum(p.numel() for p in model.parameters()),
+        len(data.train),
+        spec.name,
+        data.num_classes,
+        data.image_size,
+    )
     model.to(device)
-    optimiser = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True)
+    optimiser = torch.optim.SGD(
+        model.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay, nesterov=True
+    )
     steps_per_epoch = batches_per_epoch(len(data.train), params.batch_size)
     schedule = cosine_schedule(optimiser, params.epochs * steps_per_epoch, params.warmup_epochs * steps_per_epoch)
     trainer = Trainer(model, optimiser, schedule, device, params.precision)
-    losses = fit_on_real("teacher", trainer, data.train, Normalizer(mean, std, device), data.image_size, spec.crop_scale,
-                         spec.hflip, params.batch_size, params.epochs, lambda logits, _x, y: F.cross_entropy(logits.float(), y),
-                         {"order": generator(seed, 1), "views": generator(seed, 2)}, data.loader_workers(threads), checkpoint)
-    result = _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "normalisation": norm_source, **asdict(params)},
-                            seed, {}, device, threads, losses)
+    losses = fit_on_real(
+        "teacher",
+        trainer,
+        data.train,
+        Normalizer(mean, std, device),
+        data.image_size,
+        spec.crop_scale,
+        spec.hflip,
+        params.batch_size,
+        params.epochs,
+        lambda logits, _x, y: F.cross_entropy(logits.float(), y),
+        {"order": generator(seed, 1), "views": generator(seed, 2)},
+        data.loader_workers(threads),
+        checkpoint,
+    )
+    result = _write_teacher(
+        out,
+        model,
+        arch,
+        data,
+        mean,
+        std,
+        {"arch": arch, "normalisation": norm_source, **asdict(params)},
+        seed,
+        {},
+        device,
+        threads,
+        losses,
+    )
     checkpoint.clear()
     return result
 
@@ -116,13 +190,30 @@ def import_teacher(
     try:
         model.load_state_dict(read_checkpoint(checkpoint))
     except RuntimeError as e:
-        raise D3SError(f"{checkpoint}: weights do not fit '{arch}' with {data.num_classes} classes and "
-                       f"{data.channels} input channels ({str(e).splitlines()[0]} ...): {_first_mismatch(e)}") from None
+        raise D3SError(
+            f"{checkpoint}: weights do not fit '{arch}' with {data.num_classes} classes and "
+            f"{data.channels} input channels ({str(e).splitlines()[0]} ...): {_first_mismatch(e)}"
+        ) from None
     model.to(device).eval()
-    return _write_teacher(out, model, arch, data, mean, std, {"arch": arch, "pretrained": str(checkpoint),
-                          "normalisation": norm_source}, None, {"checkpoint": str(checkpoint)}, device, threads)
+    return _write_teacher(
+        out,
+        model,
+        arch,
+        data,
+        mean,
+        std,
+        {"arch": arch, "pretrained": str(checkpoint), "normalisation": norm_source},
+        None,
+        {"checkpoint": str(checkpoint)},
+        device,
+        threads,
+    )
 
 
 def _first_mismatch(e: RuntimeError) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln]
+    lines = [
+        ln.strip()
+        for ln in str(e).splitlines()
+        if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln
+    ]
     return lines[0] if lines else str(e)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -97,7 +96,14 @@ def fit_on_real(
             trainer.step(loss * r.loss_scale(len(y), n_global))  # exactly 1.0 with one process
             yield loss, len(y)
 
-    return run_epochs(name, epochs, len(loader), epoch_steps, trainer.device, checkpoint,
-                      snapshot=lambda epoch: trainer.state(epoch, generators),
-                      restore=lambda state: trainer.restore(state, generators),
-                      describe=lambda: f"lr {trainer.lr():.4g}")
+    return run_epochs(
+        name,
+        epochs,
+        len(loader),
+        epoch_steps,
+        trainer.device,
+        checkpoint,
+        snapshot=lambda epoch: trainer.state(epoch, generators),
+        restore=lambda state: trainer.restore(state, generators),
+        describe=lambda: f"lr {trainer.lr():.4g}",
+    )

@@ -28,7 +28,9 @@ if os.path.isdir(os.path.join(_CHECKOUT, "d3s")):
 from d3s import settings  # torch-free: settings -> options, per-IPC schedules
 from d3s import sweep as sweeps  # torch-free: the workflow plans sweep variants with it
 from d3s.shard import PATTERN as SHARD_PATTERN, Shard, plan_shards
-from d3s.dataset_spec import DatasetSpec  # torch-free: the dataset keys and their defaults
+from d3s.dataset_spec import (
+    DatasetSpec,
+)  # torch-free: the dataset keys and their defaults
 from d3s.hparams import SECTIONS
 from d3s.methods import get_method, method_names, synthesising_methods
 from d3s.sources import get_source, source_names
@@ -180,11 +182,10 @@ def is_packed(dataset):
     entry = config["datasets"][dataset]
     source = get_source(entry["source"], f"config: datasets.{dataset}")
     pack = entry.get("pack")
-    if pack is None:  # unset: a large image folder is packed (its listing and decodes dominate)
-        return (
-            source.decodes_files
-            and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
-        )
+    if (
+        pack is None
+    ):  # unset: a large image folder is packed (its listing and decodes dominate)
+        return source.decodes_files and entry.get("num_classes", 0) >= PACK_MIN_CLASSES
     if pack and not source.packable:
         packable = [n for n in source_names() if get_source(n).packable]
         raise ValueError(

@@ -5,9 +5,7 @@ rule distill_shard:
         stats=stats_files,
         init=init_images,
     output:
-        temp(
-            "results/{dataset}/{synth}/ipc{ipc}/{dv}/shards/{shard}.h5"
-        ),
+        temp("results/{dataset}/{synth}/ipc{ipc}/{dv}/shards/{shard}.h5"),
     log:
         "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/{shard}.log",
     benchmark:

@@ -28,14 +28,52 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     p = {k: d / f"{k}.h5" for k in ("teacher", "stats", "shard0", "shard1", "images", "labels")}
     p["result"] = d / "result.json"
-    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
-            "--out", p["teacher"], *FAST)
+    run_cli(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--seed",
+        "0",
+        "--epochs",
+        "3",
+        "--out",
+        p["teacher"],
+        *FAST,
+    )
     run_cli("extract-stats", "--teacher", p["teacher"], "--data", DIGITS, "--out", p["stats"], *FAST)
     for i, shard in enumerate(("shard0", "shard1")):
-        run_cli("distill", "--teacher", p["teacher"], "--stats", p["stats"], "--shard", f"i{i}-{i + 1}_call",
-                "--iterations", "15", "--out", p[shard], *FAST)
+        run_cli(
+            "distill",
+            "--teacher",
+            p["teacher"],
+            "--stats",
+            p["stats"],
+            "--shard",
+            f"i{i}-{i + 1}_call",
+            "--iterations",
+            "15",
+            "--out",
+            p[shard],
+            *FAST,
+        )
     run_cli("merge", "--shard", p["shard1"], "--shard", p["shard0"], "--ipc", "2", "--out", p["images"])
     run_cli("relabel", "--images", p["images"], "--teacher", p["teacher"], "--epochs", "3", "--out", p["labels"], *FAST)
-    run_cli("evaluate", "--images", p["images"], "--labels", p["labels"], "--data", DIGITS, "--student", "convnet3_w32",
-            "--epochs", "3", "--out", p["result"], *FAST)
+    run_cli(
+        "evaluate",
+        "--images",
+        p["images"],
+        "--labels",
+        p["labels"],
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "3",
+        "--out",
+        p["result"],
+        *FAST,
+    )
     return p

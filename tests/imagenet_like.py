@@ -29,8 +29,9 @@ class ImageNetLike:
     n_val: int
 
 
-def make_imagenet_like(root: Path, classes: int = 1000, per_class: int = 2, val_per_class: int = 1,
-                       sizes=SIZES, seed: int = 0) -> ImageNetLike:
+def make_imagenet_like(
+    root: Path, classes: int = 1000, per_class: int = 2, val_per_class: int = 1, sizes=SIZES, seed: int = 0
+) -> ImageNetLike:
     import h5py
     from PIL import Image
 
@@ -46,7 +47,7 @@ def make_imagenet_like(root: Path, classes: int = 1000, per_class: int = 2, val_
         crop = int(rng.integers(24, 33))
         top, left = rng.integers(0, 33 - crop, size=2)
         w, h = sizes[k % len(sizes)]
-        im = Image.fromarray(a[top:top + crop, left:left + crop]).resize((w, h), Image.BICUBIC)
+        im = Image.fromarray(a[top : top + crop, left : left + crop]).resize((w, h), Image.BICUBIC)
         im.save(path, quality=85)
 
     k = 0

@@ -20,8 +20,16 @@ README = HERE.parent / "README.md"
 
 # Which points are the paper's, ours, or the peers' (see ../shared/docs/method.md).
 NOTES = {
-    ("stats", "pooling"): "per-position full covariance: **[choice]** (the paper models BN-layer features as Gaussians with full covariance **[paper]**)",
-    ("distill", "ridge"): "**[choice]**, relative to the layer's mean real variance; added to both sides (the first BN layer's real covariance is singular)",
+    (
+        "stats",
+        "pooling",
+    ): "per-position full covariance: **[choice]** (the paper models BN-layer features as Gaussians with full "
+    "covariance **[paper]**)",
+    (
+        "distill",
+        "ridge",
+    ): "**[choice]**, relative to the layer's mean real variance; added to both sides (the first BN layer's real "
+    "covariance is singular)",
     ("distill", "kl_weight"): "per-layer KL normalised by its dimension D_l: **[choice]**",
     ("distill", "ema_momentum"): "moving statistics of the whole synthetic set **[paper]**; momentum **[choice]**",
     ("distill", "init"): "noise **[peer: SRe2L]**; real images as an option **[choice]**",
@@ -32,8 +40,20 @@ NOTES = {
     ("relabel", "epochs"): "FKD-style per-epoch views **[peer]**; the paper uses teacher soft labels **[paper]**",
     ("evaluate", "temperature"): "KL at temperature T without T^2 **[peer]**; the protocol is recorded in every result",
 }
-RUN_KEYS = ["dataset", "methods", "ipcs", "ipc_per_shard", "classes_per_shard", "students", "eval_seeds", "seeds_in_one_job",
-            "seed", "device", "local_merge", "distill_by_ipc"]
+RUN_KEYS = [
+    "dataset",
+    "methods",
+    "ipcs",
+    "ipc_per_shard",
+    "classes_per_shard",
+    "students",
+    "eval_seeds",
+    "seeds_in_one_job",
+    "seed",
+    "device",
+    "local_merge",
+    "distill_by_ipc",
+]
 
 
 def _fmt(value) -> str:
@@ -53,25 +73,45 @@ def render(schema: dict) -> str:
     props = schema["properties"]
     table = ["| key | default | description |", "|---|---|---|"]
     out = [
-        "# Configuration keys", "",
+        "# Configuration keys",
+        "",
         "`config/config.yaml` is validated against [`schema/config.schema.yaml`](schema/config.schema.yaml) "
         "(JSON Schema draft 2020-12) before any job runs; missing keys take the defaults below. "
         "Marks: **[paper]** stated by the D3S paper, **[choice]** ours where the paper is silent, **[peer]** "
         "what SRe2L/CDA/G-VBSM do. Resources and threads are not config: they belong in profiles. "
         "Starting points per dataset are in [`presets/`](presets/). This page is rendered by "
-        "`schema/make_readme.py`.", "",
-        "## Run-level keys", "", *table,
+        "`schema/make_readme.py`.",
+        "",
+        "## Run-level keys",
+        "",
+        *table,
     ]
     out += [_row(k, props[k]) for k in RUN_KEYS]
     out += [_row(f"teachers.{k}", v) for k, v in props["teachers"]["properties"].items()]
-    out += [_row(f"teachers.pretrained[].{k}", v) for k, v in props["teachers"]["properties"]["pretrained"]["items"]["properties"].items()]
+    out += [
+        _row(f"teachers.pretrained[].{k}", v)
+        for k, v in props["teachers"]["properties"]["pretrained"]["items"]["properties"].items()
+    ]
     out += [_row(f"checkpoint_every.{k}", v) for k, v in props["checkpoint_every"]["properties"].items()]
-    out += ["", "## `datasets.<name>`", "",
-            "One entry per dataset; `dataset:` picks the one to run. Adding a dataset is adding an entry.", "", *table]
+    out += [
+        "",
+        "## `datasets.<name>`",
+        "",
+        "One entry per dataset; `dataset:` picks the one to run. Adding a dataset is adding an entry.",
+        "",
+        *table,
+    ]
     out += [_row(k, v) for k, v in schema["$defs"]["dataset"]["properties"].items()]
     for section in SECTIONS:
-        out += ["", f"## `{section}`", "", props[section]["description"]
-                + " Each key is also the command's option of the same name (`_` becomes `-`).", "", *table]
+        out += [
+            "",
+            f"## `{section}`",
+            "",
+            props[section]["description"]
+            + " Each key is also the command's option of the same name (`_` becomes `-`).",
+            "",
+            *table,
+        ]
         out += [_row(k, v, NOTES.get((section, k))) for k, v in props[section]["properties"].items()]
     return "\n".join(out) + "\n"
 

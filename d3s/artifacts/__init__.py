@@ -43,11 +43,17 @@ def code_version() -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(src), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
@@ -111,9 +117,7 @@ def open_artifact(path: str | os.PathLike, kind: str) -> h5py.File:
         raise D3SError(f"{path}: expected a d3s '{kind}' artifact, found d3s_kind={found!r}")
     if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
         f.close()
-        raise D3SError(
-            f"{path}: artifact format {f.attrs.get('format_version')!r}, this d3s reads {FORMAT_VERSION}"
-        )
+        raise D3SError(f"{path}: artifact format {f.attrs.get('format_version')!r}, this d3s reads {FORMAT_VERSION}")
     return f
 
 
@@ -137,5 +141,5 @@ def check_same_classes(expected: Sequence[str], expected_src: str, found: Sequen
     first = next((i for i, (a, b) in enumerate(zip(expected, found)) if a != b), min(len(expected), len(found)))
     raise D3SError(
         f"class order mismatch: {found_src} has {what} than {expected_src}; first difference at "
-        f"index {first}: {expected[first:first + 3]} vs {found[first:first + 3]}"
+        f"index {first}: {expected[first : first + 3]} vs {found[first : first + 3]}"
     )

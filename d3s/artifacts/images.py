@@ -93,9 +93,18 @@ def _write_metadata(f: h5py.File, s: SyntheticSet | SyntheticHeader, image_shape
     """Provenance, attributes, labels, IPC indices and loss curves: all of an images artifact but its images."""
     write_provenance(f, "images", config=s.config, seed=s.seed, classes=s.classes, inputs=s.inputs)
     start, end = s.ipc_range
-    f.attrs.update(method=s.method, teachers=json.dumps(s.teachers), norm_mean=s.norm_mean,
-                   norm_std=s.norm_std, hflip=s.hflip, ipc_start=start, ipc_end=end, ipc=end - start,
-                   image_size=image_shape[1], channels=image_shape[3])
+    f.attrs.update(
+        method=s.method,
+        teachers=json.dumps(s.teachers),
+        norm_mean=s.norm_mean,
+        norm_std=s.norm_std,
+        hflip=s.hflip,
+        ipc_start=start,
+        ipc_end=end,
+        ipc=end - start,
+        image_size=image_shape[1],
+        channels=image_shape[3],
+    )
     f.create_dataset("labels", data=s.labels)
     f.create_dataset("ipc_index", data=s.ipc_index)
     for block, curves in s.loss_curves.items():
@@ -118,12 +127,20 @@ def _read_loss_curves(f: h5py.File) -> dict[str, dict[str, np.ndarray]]:
 def _read_header(f: h5py.File) -> SyntheticHeader:
     images = f["images"]
     return SyntheticHeader(
-        image_shape=tuple(images.shape), image_dtype=images.dtype,
-        labels=f["labels"][()].astype(np.int64), ipc_index=f["ipc_index"][()].astype(np.int64),
-        classes=read_classes(f), method=str(f.attrs["method"]), teachers=json.loads(f.attrs["teachers"]),
-        norm_mean=[float(v) for v in f.attrs["norm_mean"]], norm_std=[float(v) for v in f.attrs["norm_std"]],
-        hflip=bool(f.attrs["hflip"]), config=read_json_attr(f, "config"), seed=int(f.attrs["seed"]),
-        loss_curves=_read_loss_curves(f), inputs=read_json_attr(f, "inputs"),
+        image_shape=tuple(images.shape),
+        image_dtype=images.dtype,
+        labels=f["labels"][()].astype(np.int64),
+        ipc_index=f["ipc_index"][()].astype(np.int64),
+        classes=read_classes(f),
+        method=str(f.attrs["method"]),
+        teachers=json.loads(f.attrs["teachers"]),
+        norm_mean=[float(v) for v in f.attrs["norm_mean"]],
+        norm_std=[float(v) for v in f.attrs["norm_std"]],
+        hflip=bool(f.attrs["hflip"]),
+        config=read_json_attr(f, "config"),
+        seed=int(f.attrs["seed"]),
+        loss_curves=_read_loss_curves(f),
+        inputs=read_json_attr(f, "inputs"),
     )
 
 
@@ -146,7 +163,7 @@ def _read_dataset_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
     unique, where = np.unique(rows, return_inverse=True)
     if unique[-1] - unique[0] + 1 == len(unique):  # one contiguous slice: a plain hyperslab read, no point list
-        block = ds[int(unique[0]):int(unique[-1]) + 1]
+        block = ds[int(unique[0]) : int(unique[-1]) + 1]
     else:
         block = ds[unique]
     return block if np.array_equal(unique, rows) else block[where]
@@ -164,24 +181,30 @@ def load_loss_curves(path: str | Path) -> tuple[str, int, dict[str, dict[str, np
         return str(f.attrs["method"]), int(f.attrs["ipc"]), _read_loss_curves(f)
 
 
-def _plan_merge(paths: list[str], shards: list[SyntheticHeader],
-                expected_ipc: int | None) -> tuple[SyntheticHeader, np.ndarray]:
+def _plan_merge(
+    paths: list[str], shards: list[SyntheticHeader], expected_ipc: int | None
+) -> tuple[SyntheticHeader, np.ndarray]:
     """Check the shards form one set; return the merged header and `order` (the concatenated shards' row of
     each merged row)."""
     first = shards[0]
     for p, s in zip(paths, shards):
         if not len(s.labels) == len(s.ipc_index) == s.image_shape[0]:
-            raise D3SError(f"merge: {p} holds {s.image_shape[0]} images but {len(s.labels)} labels and "
-                           f"{len(s.ipc_index)} IPC indices")
+            raise D3SError(
+                f"merge: {p} holds {s.image_shape[0]} images but {len(s.labels)} labels and "
+                f"{len(s.ipc_index)} IPC indices"
+            )
     for p, s in zip(paths[1:], shards[1:]):
         check_same_classes(first.classes, paths[0], s.classes, p)
         for key in ("method", "teachers", "norm_mean", "norm_std", "config", "seed"):
             if getattr(s, key) != getattr(first, key):
-                raise D3SError(f"merge: {p} has a different {key} than {paths[0]}; "
-                               "shards of one set must come from one run")
+                raise D3SError(
+                    f"merge: {p} has a different {key} than {paths[0]}; shards of one set must come from one run"
+                )
         if s.image_shape[1:] != first.image_shape[1:] or s.image_dtype != first.image_dtype:
-            raise D3SError(f"merge: {p} holds {s.image_dtype} images of shape {s.image_shape[1:]}, {paths[0]} "
-                           f"{first.image_dtype} images of shape {first.image_shape[1:]}")
+            raise D3SError(
+                f"merge: {p} holds {s.image_dtype} images of shape {s.image_shape[1:]}, {paths[0]} "
+                f"{first.image_dtype} images of shape {first.image_shape[1:]}"
+            )
     ipc_index = np.concatenate([s.ipc_index for s in shards])
     labels = np.concatenate([s.labels for s in shards])
     ipc = expected_ipc if expected_ipc is not None else int(ipc_index.max()) + 1
@@ -194,17 +217,28 @@ def _plan_merge(paths: list[str], shards: list[SyntheticHeader],
         raise D3SError(f"merge: IPC index {i} of class {first.classes[c]!r} is in more than one shard")
     if (counts == 0).any():
         i, c = divmod(int(np.flatnonzero(counts == 0)[0]), len(first.classes))
-        raise D3SError(f"merge: no shard holds IPC index {i} of class {first.classes[c]!r} "
-                       f"({int((counts == 0).sum())} of {len(counts)} slots missing; expected {ipc} images per class)")
+        raise D3SError(
+            f"merge: no shard holds IPC index {i} of class {first.classes[c]!r} "
+            f"({int((counts == 0).sum())} of {len(counts)} slots missing; expected {ipc} images per class)"
+        )
     order = np.argsort(slots, kind="stable")
     curves = {b: c for s in shards for b, c in s.loss_curves.items()}
     inputs = {k: v for k, v in first.inputs.items() if k != "shard"}
     merged = SyntheticHeader(
-        image_shape=(len(order), *first.image_shape[1:]), image_dtype=first.image_dtype,
-        labels=labels[order], ipc_index=ipc_index[order],
-        classes=first.classes, method=first.method, teachers=first.teachers, norm_mean=first.norm_mean,
-        norm_std=first.norm_std, hflip=first.hflip, config=first.config, seed=first.seed,
-        loss_curves=dict(sorted(curves.items())), inputs={"shards": [str(p) for p in paths], **inputs},
+        image_shape=(len(order), *first.image_shape[1:]),
+        image_dtype=first.image_dtype,
+        labels=labels[order],
+        ipc_index=ipc_index[order],
+        classes=first.classes,
+        method=first.method,
+        teachers=first.teachers,
+        norm_mean=first.norm_mean,
+        norm_std=first.norm_std,
+        hflip=first.hflip,
+        config=first.config,
+        seed=first.seed,
+        loss_curves=dict(sorted(curves.items())),
+        inputs={"shards": [str(p) for p in paths], **inputs},
     )
     return merged, order
 
@@ -229,11 +263,12 @@ def _fill_block(out: h5py.Dataset, start: int, sources: np.ndarray, paths: list[
         at = np.flatnonzero(shard_of == k)
         with open_artifact(paths[k], "images") as f:
             block[at] = _read_dataset_rows(f["images"], sources[at] - offsets[k])
-    out[start:start + len(block)] = block
+    out[start : start + len(block)] = block
 
 
-def merge_synthetic_to(out: str | Path, paths: list[str], expected_ipc: int | None = None,
-                       block_bytes: int = MERGE_BLOCK_BYTES) -> None:
+def merge_synthetic_to(
+    out: str | Path, paths: list[str], expected_ipc: int | None = None, block_bytes: int = MERGE_BLOCK_BYTES
+) -> None:
     """Join shards (blocks of IPC indices x classes of one run) into one set at `out`, ordered by (IPC index, class).
 
     Every (IPC index, class) slot must be filled exactly once. Only the shards' labels, IPC indices,
@@ -249,8 +284,9 @@ def merge_synthetic_to(out: str | Path, paths: list[str], expected_ipc: int | No
     offsets = np.cumsum([0, *(s.image_shape[0] for s in shards)])
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         _write_metadata(f, merged, merged.image_shape)
-        images = f.create_dataset("images", shape=merged.image_shape, dtype=merged.image_dtype,
-                                  **image_storage(merged.image_shape))
+        images = f.create_dataset(
+            "images", shape=merged.image_shape, dtype=merged.image_dtype, **image_storage(merged.image_shape)
+        )
         step = _block_rows(images, block_bytes)
         for start in range(0, len(order), step):
-            _fill_block(images, start, order[start:start + step], paths, offsets)
+            _fill_block(images, start, order[start : start + step], paths, offsets)

@@ -83,19 +83,43 @@ class LabelWriter:
     """The soft-label artifact, written one epoch at a time (into atomic_path's temporary file, or a
     partial file that `reopen` continues)."""
 
-    def __init__(self, path, teachers: list[Teacher], synthetic_path: str, params: RelabelParams, seed: int, n: int,
-                 c: int, k: int, digest: str, reopen: bool = False):
+    def __init__(
+        self,
+        path,
+        teachers: list[Teacher],
+        synthetic_path: str,
+        params: RelabelParams,
+        seed: int,
+        n: int,
+        c: int,
+        k: int,
+        digest: str,
+        reopen: bool = False,
+    ):
         t0 = teachers[0]
         self.k = k
         if reopen:
             self.f = f = h5py.File(path, "r+")
         else:
             self.f = f = h5py.File(path, "w")
-            write_provenance(f, "labels", config=asdict(params), seed=seed, classes=t0.classes,
-                             inputs={"images": synthetic_path, "teachers": [t.path for t in teachers]})
-            f.attrs.update(images_sha256=digest, teachers=json.dumps([t.weights_sha256 for t in teachers]),
-                           epochs=params.epochs, n_images=n, hflip=t0.hflip, image_size=t0.image_size, top_k=k,
-                           box_format="cx,cy,w,h (centre in [-1,1], size as a fraction of the side)")
+            write_provenance(
+                f,
+                "labels",
+                config=asdict(params),
+                seed=seed,
+                classes=t0.classes,
+                inputs={"images": synthetic_path, "teachers": [t.path for t in teachers]},
+            )
+            f.attrs.update(
+                images_sha256=digest,
+                teachers=json.dumps([t.weights_sha256 for t in teachers]),
+                epochs=params.epochs,
+                n_images=n,
+                hflip=t0.hflip,
+                image_size=t0.image_size,
+                top_k=k,
+                box_format="cx,cy,w,h (centre in [-1,1], size as a fraction of the side)",
+            )
             e = params.epochs
             _allocated(f, "boxes", (e, n, 4), "f4")
             _allocated(f, "flips", (e, n), "bool")
@@ -118,7 +142,7 @@ class LabelWriter:
         if self.k:
             k = self.k
             self.logits[epoch] = packed[:, :k].astype(np.float16)
-            self.classes[epoch] = packed[:, k:2 * k].astype(self.classes.dtype)
+            self.classes[epoch] = packed[:, k : 2 * k].astype(self.classes.dtype)
             self.rest[epoch] = packed[:, 2 * k]
         else:
             self.logits[epoch] = packed
@@ -140,8 +164,9 @@ class EpochLabels:
     def __getitem__(self, rows) -> torch.Tensor:
         if self.classes is None:
             return self.values[rows].float()
-        return dense_logits(self.values[rows].float(), self.classes[rows].long(), self.rest[rows].float(),
-                            self.num_classes)
+        return dense_logits(
+            self.values[rows].float(), self.classes[rows].long(), self.rest[rows].float(), self.num_classes
+        )
 
 
 class SoftLabelStore:
@@ -153,11 +178,14 @@ class SoftLabelStore:
         try:
             check_same_classes(synthetic.classes, synthetic_path, read_classes(self._f), self.path)
             if self._f.attrs["images_sha256"] != images_digest(synthetic.images):
-                raise D3SError(f"{self.path}: soft labels were made for other images than {synthetic_path}; "
-                               "rerun relabel")
+                raise D3SError(
+                    f"{self.path}: soft labels were made for other images than {synthetic_path}; rerun relabel"
+                )
             if int(self._f.attrs["image_size"]) != synthetic.images.shape[1]:
-                raise D3SError(f"{self.path}: views of {int(self._f.attrs['image_size'])} px, "
-                               f"images of {synthetic.images.shape[1]} px")
+                raise D3SError(
+                    f"{self.path}: views of {int(self._f.attrs['image_size'])} px, "
+                    f"images of {synthetic.images.shape[1]} px"
+                )
         except D3SError:
             self._f.close()
             raise
@@ -166,8 +194,11 @@ class SoftLabelStore:
         self.num_classes = len(synthetic.classes)
         self.config = json.loads(self._f.attrs["config"])
         # what identifies these labels beyond their settings (a resumed student must not mix label sets)
-        self.identity = {"teachers": json.loads(self._f.attrs["teachers"]), "seed": int(self._f.attrs["seed"]),
-                         "created": str(self._f.attrs["created_utc"])}
+        self.identity = {
+            "teachers": json.loads(self._f.attrs["teachers"]),
+            "seed": int(self._f.attrs["seed"]),
+            "created": str(self._f.attrs["created_utc"]),
+        }
 
     def epoch(self, e: int) -> tuple[torch.Tensor, torch.Tensor, EpochLabels]:
         """Boxes, flips and logits of label epoch `e` (cycled when training runs longer); index the
@@ -176,9 +207,16 @@ class SoftLabelStore:
         boxes, flips = torch.from_numpy(self._f["boxes"][e]), torch.from_numpy(self._f["flips"][e])
         if not self.top_k:
             return boxes, flips, EpochLabels(torch.from_numpy(self._f["logits"][e]), self.num_classes)
-        return boxes, flips, EpochLabels(torch.from_numpy(self._f["topk_logits"][e]), self.num_classes,
-                                         torch.from_numpy(self._f["topk_classes"][e].astype(np.int64)),
-                                         torch.from_numpy(self._f["rest_logsumexp"][e]))
+        return (
+            boxes,
+            flips,
+            EpochLabels(
+                torch.from_numpy(self._f["topk_logits"][e]),
+                self.num_classes,
+                torch.from_numpy(self._f["topk_classes"][e].astype(np.int64)),
+                torch.from_numpy(self._f["rest_logsumexp"][e]),
+            ),
+        )
 
     def close(self) -> None:
         self._f.close()

@@ -16,14 +16,35 @@ from ..errors import D3SError
 from . import atomic_path, code_version
 
 
-def student_result(*, meta: dict | None, method: str, ipc: int | None, student: str, seed: int, top1: float,
-                   top5: float, val_top1: float | None, n_val: int, n_images: int, n_test: int, train_seconds: float,
-                   protocol: dict[str, Any], inputs: dict[str, Any]) -> dict:
+def student_result(
+    *,
+    meta: dict | None,
+    method: str,
+    ipc: int | None,
+    student: str,
+    seed: int,
+    top1: float,
+    top5: float,
+    val_top1: float | None,
+    n_val: int,
+    n_images: int,
+    n_test: int,
+    train_seconds: float,
+    protocol: dict[str, Any],
+    inputs: dict[str, Any],
+) -> dict:
     return {
         **(meta or {}),
-        "method": method, "ipc": ipc, "student": student, "seed": seed,
-        "top1": top1, "top5": top5, "val_top1": val_top1, "n_val": n_val,
-        "n_images": int(n_images), "n_test": n_test,
+        "method": method,
+        "ipc": ipc,
+        "student": student,
+        "seed": seed,
+        "top1": top1,
+        "top5": top5,
+        "val_top1": val_top1,
+        "n_val": n_val,
+        "n_images": int(n_images),
+        "n_test": n_test,
         "train_seconds": round(train_seconds, 2),
         "protocol": protocol,
         "inputs": inputs,

@@ -28,14 +28,35 @@ class LayerStats:
     count: int
 
 
-def save_stats(path: str | Path, layers: list[LayerStats], teacher: Teacher, *, pooling: str, n_images: int,
-               config: dict[str, Any], seed: int | None, dataset: dict) -> None:
+def save_stats(
+    path: str | Path,
+    layers: list[LayerStats],
+    teacher: Teacher,
+    *,
+    pooling: str,
+    n_images: int,
+    config: dict[str, Any],
+    seed: int | None,
+    dataset: dict,
+) -> None:
     """Write a statistics artifact of `teacher` over `n_images` training images of `dataset` (its spec)."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        write_provenance(f, "stats", config=config, seed=seed, classes=teacher.classes,
-                         inputs={"teacher": teacher.path, "dataset": dataset})
-        f.attrs.update(teacher_sha256=teacher.weights_sha256, teacher_arch=teacher.arch, pooling=pooling,
-                       hook="bn_input", n_images=n_images, layer_names=[s.name for s in layers])
+        write_provenance(
+            f,
+            "stats",
+            config=config,
+            seed=seed,
+            classes=teacher.classes,
+            inputs={"teacher": teacher.path, "dataset": dataset},
+        )
+        f.attrs.update(
+            teacher_sha256=teacher.weights_sha256,
+            teacher_arch=teacher.arch,
+            pooling=pooling,
+            hook="bn_input",
+            n_images=n_images,
+            layer_names=[s.name for s in layers],
+        )
         g = f.create_group("layers")
         for i, s in enumerate(layers):
             lg = g.create_group(f"{i:03d}")
@@ -57,8 +78,14 @@ def load_stats(path: str | Path, teacher: Teacher) -> list[LayerStats]:
         layers = []
         for key in sorted(f["layers"]):
             g = f["layers"][key]
-            layers.append(LayerStats(str(g.attrs["name"]), torch.from_numpy(np.asarray(g["mean"][()])),
-                                     torch.from_numpy(np.asarray(g["cov"][()])), int(g.attrs["count"])))
+            layers.append(
+                LayerStats(
+                    str(g.attrs["name"]),
+                    torch.from_numpy(np.asarray(g["mean"][()])),
+                    torch.from_numpy(np.asarray(g["cov"][()])),
+                    int(g.attrs["count"]),
+                )
+            )
     return layers
 
 

@@ -70,17 +70,45 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_teacher(path: str | Path, state: dict[str, torch.Tensor], *, arch: str, classes: Sequence[str],
-                 channels: int, image_size: int, mean: list[float], std: list[float], hflip: bool, dataset: dict,
-                 test_top1: float, test_top5: float, weights_sha256: str, n_train: int, n_test: int,
-                 config: dict[str, Any], seed: int | None, inputs: dict[str, Any], losses=()) -> None:
+def save_teacher(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    *,
+    arch: str,
+    classes: Sequence[str],
+    channels: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    hflip: bool,
+    dataset: dict,
+    test_top1: float,
+    test_top5: float,
+    weights_sha256: str,
+    n_train: int,
+    n_test: int,
+    config: dict[str, Any],
+    seed: int | None,
+    inputs: dict[str, Any],
+    losses=(),
+) -> None:
     """Write a teacher artifact: `state` (CPU tensors) and what it was trained and tested on (`dataset`: its spec)."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         write_provenance(f, "teacher", config=config, seed=seed, classes=classes, inputs={"dataset": dataset, **inputs})
         f.attrs.update(
-            arch=arch, num_classes=len(classes), channels=channels, image_size=image_size,
-            norm_mean=mean, norm_std=std, hflip=hflip, dataset=json.dumps(dataset, sort_keys=True),
-            test_top1=test_top1, test_top5=test_top5, weights_sha256=weights_sha256, n_train=n_train, n_test=n_test,
+            arch=arch,
+            num_classes=len(classes),
+            channels=channels,
+            image_size=image_size,
+            norm_mean=mean,
+            norm_std=std,
+            hflip=hflip,
+            dataset=json.dumps(dataset, sort_keys=True),
+            test_top1=test_top1,
+            test_top5=test_top5,
+            weights_sha256=weights_sha256,
+            n_train=n_train,
+            n_test=n_test,
         )
         f.create_dataset("train_loss", data=np.asarray(losses, dtype=np.float32))
         g = f.create_group("state_dict")
@@ -109,10 +137,17 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> Teache
         except RuntimeError as e:
             raise D3SError(f"{path}: weights do not fit architecture '{arch}': {e}") from None
         teacher = Teacher(
-            path=str(path), model=model.to(device).eval(), arch=arch, classes=classes,
-            mean=[float(v) for v in f.attrs["norm_mean"]], std=[float(v) for v in f.attrs["norm_std"]],
-            image_size=int(f.attrs["image_size"]), channels=int(f.attrs["channels"]), hflip=bool(f.attrs["hflip"]),
-            weights_sha256=str(f.attrs["weights_sha256"]), test_top1=float(f.attrs["test_top1"]),
+            path=str(path),
+            model=model.to(device).eval(),
+            arch=arch,
+            classes=classes,
+            mean=[float(v) for v in f.attrs["norm_mean"]],
+            std=[float(v) for v in f.attrs["norm_std"]],
+            image_size=int(f.attrs["image_size"]),
+            channels=int(f.attrs["channels"]),
+            hflip=bool(f.attrs["hflip"]),
+            weights_sha256=str(f.attrs["weights_sha256"]),
+            test_top1=float(f.attrs["test_top1"]),
             dataset=read_json_attr(f, "dataset"),
         )
     for p in teacher.model.parameters():
@@ -128,8 +163,10 @@ def load_teachers(paths: list[str], device) -> list[Teacher]:
         check_same_classes(first.classes, first.path, t.classes, t.path)
         for key in ("image_size", "channels", "mean", "std"):
             if getattr(t, key) != getattr(first, key):
-                raise D3SError(f"{t.path}: {key}={getattr(t, key)} differs from {first.path} ({getattr(first, key)}); "
-                               "teachers used together must share the input format")
+                raise D3SError(
+                    f"{t.path}: {key}={getattr(t, key)} differs from {first.path} ({getattr(first, key)}); "
+                    "teachers used together must share the input format"
+                )
     return teachers
 
 

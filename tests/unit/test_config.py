@@ -27,8 +27,12 @@ def test_committed_schema_is_the_rendering_of_the_dataclasses():
 
 def test_rendered_section_carries_type_default_bounds_and_choices():
     props = settings.section_schema(DistillParams)["properties"]
-    assert props["iterations"] == {"type": "integer", "default": 1000, "description": DistillParams.__dataclass_fields__[
-        "iterations"].metadata["help"], "exclusiveMinimum": 0}
+    assert props["iterations"] == {
+        "type": "integer",
+        "default": 1000,
+        "description": DistillParams.__dataclass_fields__["iterations"].metadata["help"],
+        "exclusiveMinimum": 0,
+    }
     assert props["init"]["enum"] == ["noise", "real", "herding", "kcenter"] and props["init"]["type"] == "string"
     assert props["ema_momentum"]["minimum"] == 0 and props["ema_momentum"]["maximum"] == 1
     assert "label_mode" not in settings.section_schema(EvalParams)["properties"]  # a per-job option, not config
@@ -55,9 +59,16 @@ def test_config_readme_is_rendered_from_the_schema():
     assert (REPO / "config/README.md").read_text() == rendered, "run: python config/schema/make_readme.py"
 
 
-@pytest.mark.parametrize("section, commands", [("teacher_training", ["train-teacher"]), ("stats", ["extract-stats"]),
-                                               ("distill", ["distill"]), ("relabel", ["relabel"]),
-                                               ("evaluate", ["evaluate", "evaluate-full"])])
+@pytest.mark.parametrize(
+    "section, commands",
+    [
+        ("teacher_training", ["train-teacher"]),
+        ("stats", ["extract-stats"]),
+        ("distill", ["distill"]),
+        ("relabel", ["relabel"]),
+        ("evaluate", ["evaluate", "evaluate-full"]),
+    ],
+)
 def test_each_setting_is_its_commands_option_with_the_same_default_and_bounds(section, commands):
     """The workflow leaves settings at their default off the command line (so a knob an upgrade adds
     reruns nothing): right because the option is built from the same field."""

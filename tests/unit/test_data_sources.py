@@ -140,8 +140,10 @@ def test_torchvision_cifar_style_folder(tmp_path, rng, monkeypatch):
 
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    batches = {name: rng.integers(0, 255, (4, 3 * 32 * 32), dtype=np.uint8)
-               for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    batches = {
+        name: rng.integers(0, 255, (4, 3 * 32 * 32), dtype=np.uint8)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    }
     for name, x in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump({"data": x, "labels": [0, 1, 2, 3]}, f)
@@ -165,8 +167,12 @@ def _h5(path, n_train=300, size=8, channels=3, chunk=64):
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as f:
         for split, n in (("train", n_train), ("test", 40)):
-            f.create_dataset(f"{split}/images", data=rng.integers(0, 255, (n, size, size, channels), dtype=np.uint8),
-                             chunks=(min(chunk, n), size, size, channels), compression="gzip")
+            f.create_dataset(
+                f"{split}/images",
+                data=rng.integers(0, 255, (n, size, size, channels), dtype=np.uint8),
+                chunks=(min(chunk, n), size, size, channels),
+                compression="gzip",
+            )
             f[f"{split}/labels"] = np.arange(n) % 3
         f.attrs["classes"] = CLASSES
 
@@ -178,7 +184,9 @@ def test_hdf5_in_memory_and_streamed_read_the_same_images(tmp_path):
     streamed = load_dataset(_spec(source="hdf5", path=str(path), memory_limit_mb=0))
     assert not small.streamed and streamed.streamed
     for i in (0, 77, 299):
-        assert torch.equal(small.train[i][0], streamed.train[i][0]) and int(small.train[i][1]) == int(streamed.train[i][1])
+        assert torch.equal(small.train[i][0], streamed.train[i][0]) and int(small.train[i][1]) == int(
+            streamed.train[i][1]
+        )
     loader = torch.utils.data.DataLoader(streamed.train, batch_size=50, num_workers=1)  # the handle survives a worker
     assert sum(len(y) for _, y in loader) == 300
 

@@ -67,8 +67,9 @@ def test_the_post_deploy_script_installs_this_checkout_without_dependencies(tmp_
     venv.create(tmp_path / "env", with_pip=True)
     env = {**os.environ, "PATH": f"{tmp_path / 'env' / 'bin'}{os.pathsep}{os.environ['PATH']}", "D3S_SOURCE": str(REPO)}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run(["bash", str(REPO / "envs" / "d3s.post-deploy.sh")], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "envs" / "d3s.post-deploy.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert "No module named 'torch'" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]  # deps: none installed
     python = tmp_path / "env" / "bin" / "python"
     where = subprocess.run([python, "-c", "import d3s; print(d3s.__file__)"], capture_output=True, text=True, env=env)
@@ -97,8 +98,11 @@ def test_a_shared_environment_with_another_checkouts_d3s_is_refused(tmp_path, mo
 
 def test_the_slurm_plugin_floor_is_the_release_the_profile_needs():
     for extra in ("slurm", "test"):
-        plugin = next(Requirement(r) for r in _pyproject()["optional-dependencies"][extra]
-                      if r.startswith("snakemake-executor-plugin-slurm"))
+        plugin = next(
+            Requirement(r)
+            for r in _pyproject()["optional-dependencies"][extra]
+            if r.startswith("snakemake-executor-plugin-slurm")
+        )
         assert Version("2.7.0") not in plugin.specifier and Version("2.7.1") in plugin.specifier, extra
     assert Version(version("snakemake-executor-plugin-slurm")) in plugin.specifier  # what the tests run with
     assert "jsonschema" in {Requirement(r).name for r in _pyproject()["dependencies"]}  # rules/common.smk imports it

@@ -85,8 +85,9 @@ def _student(images_path, labels_path, epochs):
     synthetic = load_synthetic(images_path)
     store = SoftLabelStore(labels_path, synthetic, str(images_path))
     try:
-        model = train_student(synthetic, store, "convnet3_w32_in", EvalParams(epochs=epochs, batch_size=8), 0,
-                              torch.device("cpu"))
+        model = train_student(
+            synthetic, store, "convnet3_w32_in", EvalParams(epochs=epochs, batch_size=8), 0, torch.device("cpu")
+        )
     finally:
         store.close()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -111,8 +112,19 @@ def _real_data_training(epochs):
     schedule = cosine_schedule(optimiser, epochs * batches_per_epoch(len(data.train), 64))
     trainer = Trainer(model, optimiser, schedule, torch.device("cpu"))
     g = generator(0, 1)
-    fit_on_real("teacher", trainer, data.train, Normalizer([0.5], [0.3]), 8, (0.7, 1.0), False, 64, epochs,
-                lambda logits, _x, y: F.cross_entropy(logits.float(), y), {"order": g, "views": generator(0, 2)})
+    fit_on_real(
+        "teacher",
+        trainer,
+        data.train,
+        Normalizer([0.5], [0.3]),
+        8,
+        (0.7, 1.0),
+        False,
+        64,
+        epochs,
+        lambda logits, _x, y: F.cross_entropy(logits.float(), y),
+        {"order": g, "views": generator(0, 2)},
+    )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -129,10 +141,22 @@ def test_real_data_training_on_two_processes_matches_one_process(tmp_path):
 
 
 def _torchrun(*args) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "d3s", *map(str, args), "--device", "cpu", "--threads", "1"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "d3s",
+        *map(str, args),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_relabel_under_torchrun_is_bit_identical(tiny, tmp_path):
@@ -151,8 +175,21 @@ def test_evaluate_full_under_torchrun_writes_one_result(tmp_path, tiny):
     import json
 
     out = tmp_path / "full.json"
-    done = _torchrun("evaluate-full", "--data", DIGITS, "--teacher", tiny["teacher"], "--student", "convnet3_w32_in",
-                     "--full-epochs", "1", "--batch-size", "64", "--out", out)
+    done = _torchrun(
+        "evaluate-full",
+        "--data",
+        DIGITS,
+        "--teacher",
+        tiny["teacher"],
+        "--student",
+        "convnet3_w32_in",
+        "--full-epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        out,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["method"] == "full" and result["n_test"] == 359 and 0.1 < result["top1"] <= 1.0
@@ -186,16 +223,44 @@ def test_two_process_student_checkpoints_by_time_and_resumes_after_sigterm(tiny,
     from d3s.errors import EXIT_PREEMPTED
 
     def args(out, *extra):
-        return ["evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
-                "--student", "convnet3_w32_in", "--epochs", "600", "--out", out, *extra]
+        return [
+            "evaluate",
+            "--images",
+            tiny["images"],
+            "--labels",
+            tiny["labels"],
+            "--data",
+            DIGITS,
+            "--student",
+            "convnet3_w32_in",
+            "--epochs",
+            "600",
+            "--out",
+            out,
+            *extra,
+        ]
 
     assert _torchrun(*args(tmp_path / "ref.json")).returncode == 0
     resume, out = tmp_path / "ckpt", tmp_path / "r.json"
     extra = ("--resume-dir", resume, "--checkpoint-every", "0", "--checkpoint-minutes", "0.0005")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "d3s",
-           *map(str, args(out, *extra)), "--device", "cpu", "--threads", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "d3s",
+        *map(str, args(out, *extra)),
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)

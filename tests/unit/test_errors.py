@@ -88,23 +88,76 @@ def test_class_order_mismatch_names_both_sources(tiny, tmp_path):
     out = _fails("extract-stats", "--teacher", tiny["teacher"], "--data", spec, "--out", tmp_path / "s.h5", *FAST)
     assert "class order mismatch" in out and "teacher.h5" in out and "dataset 'shuffled'" in out
     assert "same classes in a different order" in out
-    out = _fails("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", spec,
-                 "--student", "convnet3_w32", "--epochs", "1", "--out", tmp_path / "r.json", *FAST)
+    out = _fails(
+        "evaluate",
+        "--images",
+        tiny["images"],
+        "--labels",
+        tiny["labels"],
+        "--data",
+        spec,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r.json",
+        *FAST,
+    )
     assert "class order mismatch" in out and "images.h5" in out
     assert not (tmp_path / "r.json").exists()
 
 
 def test_statistics_of_another_teacher_are_refused(tiny, tmp_path):
     other = tmp_path / "other_teacher.h5"
-    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "1", "--epochs", "1", "--out", other, *FAST)
-    out = _fails("distill", "--teacher", other, "--stats", tiny["stats"], "--shard", "i0-1_call", "--iterations", "2",
-                 "--out", tmp_path / "d.h5", *FAST)
+    run_cli(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--seed",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        other,
+        *FAST,
+    )
+    out = _fails(
+        "distill",
+        "--teacher",
+        other,
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-1_call",
+        "--iterations",
+        "2",
+        "--out",
+        tmp_path / "d.h5",
+        *FAST,
+    )
     assert "stats.h5: statistics were computed from teacher weights" in out and "other_teacher.h5" in out
 
 
 def test_labels_for_other_images_are_refused(tiny, tmp_path):
-    out = _fails("evaluate", "--images", tiny["shard0"], "--labels", tiny["labels"], "--data", DIGITS,
-                 "--student", "convnet3_w32", "--epochs", "1", "--out", tmp_path / "r.json", *FAST)
+    out = _fails(
+        "evaluate",
+        "--images",
+        tiny["shard0"],
+        "--labels",
+        tiny["labels"],
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r.json",
+        *FAST,
+    )
     assert "soft labels were made for other images" in out
 
 
@@ -114,29 +167,57 @@ def test_non_finite_loss_stops_with_iteration_and_layer(tiny, tmp_path):
     with h5py.File(corrupt, "r+") as f:
         f["layers/001/mean"][3] = np.nan  # the second BN layer's real mean
     out_file = tmp_path / "nan.h5"
-    out = _fails("distill", "--teacher", tiny["teacher"], "--stats", corrupt, "--shard", "i0-1_call",
-                 "--iterations", "5", "--out", out_file, *FAST)
+    out = _fails(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        corrupt,
+        "--shard",
+        "i0-1_call",
+        "--iterations",
+        "5",
+        "--out",
+        out_file,
+        *FAST,
+    )
     assert "at iteration 1" in out and "KL of layer 'features.5'" in out
     assert not out_file.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["stats_nan.h5"]
 
 
 def test_teacher_without_batchnorm_is_refused(tmp_path):
-    out = _fails("train-teacher", "--data", DIGITS, "--arch", "vit_tiny_patch16_224", "--epochs", "1",
-                 "--out", tmp_path / "t.h5", *FAST)
+    out = _fails(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "vit_tiny_patch16_224",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "t.h5",
+        *FAST,
+    )
     assert "no BatchNorm layers" in out and "vit_tiny_patch16_224" in out
 
 
 def test_unknown_architecture_is_named(tmp_path):
-    out = _fails("train-teacher", "--data", DIGITS, "--arch", "convnet9", "--epochs", "1", "--out", tmp_path / "t.h5", *FAST)
+    out = _fails(
+        "train-teacher", "--data", DIGITS, "--arch", "convnet9", "--epochs", "1", "--out", tmp_path / "t.h5", *FAST
+    )
     assert "unknown architecture 'convnet9'" in out and "convnet3" in out
 
 
 def test_merge_refuses_gaps(tiny, tmp_path):
     out = _fails("merge", "--shard", tiny["shard1"], "--ipc", "2", "--out", tmp_path / "m.h5")
     assert "no shard holds IPC index 0 of class '0' (10 of 20 slots missing" in out
-    out = _fails("merge", "--shard", tiny["shard0"], "--shard", tiny["shard1"], "--ipc", "3", "--out", tmp_path / "m.h5")
+    out = _fails(
+        "merge", "--shard", tiny["shard0"], "--shard", tiny["shard1"], "--ipc", "3", "--out", tmp_path / "m.h5"
+    )
     assert "expected 3 images per class" in out
-    out = _fails("merge", "--shard", tiny["shard0"], "--shard", tiny["shard0"], "--ipc", "1", "--out", tmp_path / "m.h5")
+    out = _fails(
+        "merge", "--shard", tiny["shard0"], "--shard", tiny["shard0"], "--ipc", "1", "--out", tmp_path / "m.h5"
+    )
     assert "IPC index 0 of class '0' is in more than one shard" in out
     assert not (tmp_path / "m.h5").exists()
 

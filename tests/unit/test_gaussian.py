@@ -79,8 +79,9 @@ def test_kl_accepts_float32_synthetic_moments():
     mu_t, mu_s = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
     target = gaussian_target(mu_t.float(), cov_t.float(), 1e-2)
     got = gaussian_kl(target, mu_s.float(), cov_s.float())
-    want = reference_kl(mu_t.float().double(), cov_t.float().double(), mu_s.float().double(),
-                        cov_s.float().double(), target.ridge)
+    want = reference_kl(
+        mu_t.float().double(), cov_t.float().double(), mu_s.float().double(), cov_s.float().double(), target.ridge
+    )
     assert got.dtype == F64
     assert got.item() == pytest.approx(want.item(), rel=1e-9)
 
@@ -215,8 +216,8 @@ def test_feature_samples_positions_rows_are_channel_vectors():
     expected = x.permute(0, 2, 3, 1).reshape(-1, C)
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, expected.tolist()))
     for b in range(B):
-        block = rows[b * H * W:(b + 1) * H * W]
-        assert sorted(map(tuple, block.tolist())) == sorted(map(tuple, expected[b * H * W:(b + 1) * H * W].tolist()))
+        block = rows[b * H * W : (b + 1) * H * W]
+        assert sorted(map(tuple, block.tolist())) == sorted(map(tuple, expected[b * H * W : (b + 1) * H * W].tolist()))
     # Channels are never mixed: every row keeps the channel stride of the layout.
     assert torch.all(rows[:, 1] - rows[:, 0] == H * W) and torch.all(rows[:, 2] - rows[:, 1] == H * W)
 
@@ -361,8 +362,9 @@ def test_affine_moments_match_numpy_on_samples():
     x = rng.normal(size=(20000, 5)) @ rng.normal(size=(5, 5)) + rng.normal(size=5)
     w, b = rng.normal(size=(7, 5)), rng.normal(size=7)
     y = x @ w.T + b
-    mean, cov = affine_moments(torch.from_numpy(x.mean(0)), torch.from_numpy(np.cov(x.T, bias=True)),
-                               torch.from_numpy(w), torch.from_numpy(b))
+    mean, cov = affine_moments(
+        torch.from_numpy(x.mean(0)), torch.from_numpy(np.cov(x.T, bias=True)), torch.from_numpy(w), torch.from_numpy(b)
+    )
     np.testing.assert_allclose(mean.numpy(), y.mean(0), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(cov.numpy(), np.cov(y.T, bias=True), rtol=1e-9, atol=1e-9)
     assert torch.equal(affine_moments(mean, cov, torch.eye(7, dtype=torch.float64))[1], cov)

@@ -67,8 +67,20 @@ def test_import_pretrained_teacher_from_a_checkpoint(tiny, tmp_path, fmt):
     run_cli("dataset-info", "--data", DIGITS, "--out", info, *FAST)
     assert json.loads(info.read_text())["mean"] == pytest.approx(teacher.mean, rel=1e-6)
     out = tmp_path / "imported.h5"
-    run_cli("import-teacher", "--data", DIGITS, "--info", info, "--arch", "convnet3_w32", "--checkpoint", ckpt,
-            "--out", out, *FAST)
+    run_cli(
+        "import-teacher",
+        "--data",
+        DIGITS,
+        "--info",
+        info,
+        "--arch",
+        "convnet3_w32",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        out,
+        *FAST,
+    )
     imported = load_teacher(out)
     assert imported.weights_sha256 == teacher.weights_sha256
     assert imported.test_top1 == pytest.approx(teacher.test_top1)  # same weights, same test split
@@ -78,14 +90,40 @@ def test_import_refuses_wrong_classes(tiny, tmp_path):
     wrong = build_model("convnet3_w32", num_classes=5, in_chans=1, image_size=8)
     ckpt = tmp_path / "five.safetensors"
     save_file(wrong.state_dict(), str(ckpt))
-    result = run_cli("import-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--checkpoint", ckpt,
-                     "--out", tmp_path / "t.h5", *FAST, expect_ok=False)
-    assert result.exit_code != 0 and "five.safetensors: weights do not fit 'convnet3_w32' with 10 classes" in result.output
+    result = run_cli(
+        "import-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--checkpoint",
+        ckpt,
+        "--out",
+        tmp_path / "t.h5",
+        *FAST,
+        expect_ok=False,
+    )
+    assert (
+        result.exit_code != 0 and "five.safetensors: weights do not fit 'convnet3_w32' with 10 classes" in result.output
+    )
     order = tmp_path / "classes.txt"
     order.write_text("\n".join(["1", "0"] + [str(i) for i in range(2, 10)]))
     teacher_ckpt = tmp_path / "ok.safetensors"
     save_file(load_teacher(tiny["teacher"]).model.state_dict(), str(teacher_ckpt))
-    result = run_cli("import-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--checkpoint", teacher_ckpt,
-                     "--class-list", order, "--out", tmp_path / "t.h5", *FAST, expect_ok=False)
+    result = run_cli(
+        "import-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--checkpoint",
+        teacher_ckpt,
+        "--class-list",
+        order,
+        "--out",
+        tmp_path / "t.h5",
+        *FAST,
+        expect_ok=False,
+    )
     assert "class order mismatch" in result.output and "classes.txt" in result.output
     assert not (tmp_path / "t.h5").exists()

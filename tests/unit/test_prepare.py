@@ -25,9 +25,19 @@ def folder(tmp_path_factory):
 
 
 def folder_spec(folder, **kw) -> DatasetSpec:
-    return DatasetSpec.from_dict({"name": "inlike", "source": "imagefolder", "root": str(folder.root),
-                                  "val_labels": str(folder.val_labels), "class_list": str(folder.class_list),
-                                  "image_size": 24, "eval_resize": 28, "num_classes": 12, **kw})
+    return DatasetSpec.from_dict(
+        {
+            "name": "inlike",
+            "source": "imagefolder",
+            "root": str(folder.root),
+            "val_labels": str(folder.val_labels),
+            "class_list": str(folder.class_list),
+            "image_size": 24,
+            "eval_resize": 28,
+            "num_classes": 12,
+            **kw,
+        }
+    )
 
 
 def pack(folder, tmp_path, parts=2, **kw) -> str:
@@ -55,8 +65,9 @@ def test_decode_is_the_evaluation_protocol(folder):
 
     path = next((folder.root / "val").iterdir())
     with Image.open(path) as im:
-        ref = v2.Compose([v2.Resize(28, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-                          v2.CenterCrop(24)])(im.convert("RGB"))
+        ref = v2.Compose(
+            [v2.Resize(28, interpolation=v2.InterpolationMode.BILINEAR, antialias=True), v2.CenterCrop(24)]
+        )(im.convert("RGB"))
     ours = decode_image(path, 24, 3, resize_to=28)
     assert ours.shape == (3, 24, 24)
     # PIL's resize is torchvision's on PIL images; sizes round alike: the pixels are identical
@@ -138,8 +149,9 @@ def test_a_torchvision_source_packs_to_the_images_it_loads(tmp_path):
     for split, n in (("train", 12), ("t10k", 5)):
         _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
         _idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
-    spec = DatasetSpec.from_dict({"name": "m", "source": "torchvision", "torchvision_name": "MNIST",
-                                  "root": str(tmp_path / "src")})
+    spec = DatasetSpec.from_dict(
+        {"name": "m", "source": "torchvision", "torchvision_name": "MNIST", "root": str(tmp_path / "src")}
+    )
     write_index(spec, tmp_path / "index.h5", seed=1)
     pack_part(str(tmp_path / "index.h5"), 0, 1, str(tmp_path / "part.h5"))
     merge_packed([str(tmp_path / "part.h5")], str(tmp_path / "data.h5"))

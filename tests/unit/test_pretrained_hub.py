@@ -47,8 +47,13 @@ def hub_env(home: Path) -> dict[str, str]:
 
 def fetch(home: Path, name: str, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **hub_env(home)}
-    return subprocess.run([sys.executable, "-m", "d3s", "fetch-pretrained", "--model", name, "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "d3s", "fetch-pretrained", "--model", name, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +101,13 @@ def test_a_model_absent_from_the_offline_cache_is_a_clear_error(hub, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name, message", [
-    ("no_such_net", "timm model 'no_such_net': unknown to timm"),
-    ("resnet18.no_such_tag", "timm model 'resnet18.no_such_tag': no pretrained weights by that name"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("no_such_net", "timm model 'no_such_net': unknown to timm"),
+        ("resnet18.no_such_tag", "timm model 'resnet18.no_such_tag': no pretrained weights by that name"),
+    ],
+)
 def test_names_without_timm_weights_are_refused_before_any_download(name, message, tmp_path):
     from d3s.hub import fetch_pretrained
 

@@ -58,8 +58,9 @@ def _brute_force_herding(f: torch.Tensor, k: int) -> list[int]:
     """The greedy rule spelled out: each step, the candidate that brings the running mean closest to mu."""
     mu, chosen = f.mean(0), []
     for _ in range(k):
-        best = min((i for i in range(len(f)) if i not in chosen),
-                   key=lambda i: float((f[chosen + [i]].mean(0) - mu).norm()))
+        best = min(
+            (i for i in range(len(f)) if i not in chosen), key=lambda i: float((f[chosen + [i]].mean(0) - mu).norm())
+        )
         chosen.append(best)
     return chosen
 
@@ -104,14 +105,23 @@ def test_coresets_are_nested_and_per_class():
 
 def test_variant_names_round_trip_and_skip_the_configured_values():
     base = {"distill": {"lr": 0.1, "iterations": 100}, "relabel": {"epochs": 30}, "evaluate": {"lr": 0.001}}
-    config = {"d3s": {"distill": {"lr": [0.1, 0.25]}, "evaluate": {"lr": [0.001, 1e-05]},
-                      "by_ipc": {"10": {"distill": {"lr": [0.05]}}}}}
+    config = {
+        "d3s": {
+            "distill": {"lr": [0.1, 0.25]},
+            "evaluate": {"lr": [0.001, 1e-05]},
+            "by_ipc": {"10": {"distill": {"lr": [0.05]}}},
+        }
+    }
     at_one = sweep.variants(config, "d3s", 1, base)
     names = [tuple(sweep.part_name(v[s]) for s in ("distill", "relabel", "evaluate")) for v in at_one]
-    assert names == [("default", "default", "default"), ("default", "default", "lr=1e-05"),
-                     ("lr=0.25", "default", "default"), ("lr=0.25", "default", "lr=1e-05")]
+    assert names == [
+        ("default", "default", "default"),
+        ("default", "default", "lr=1e-05"),
+        ("lr=0.25", "default", "default"),
+        ("lr=0.25", "default", "lr=1e-05"),
+    ]
     for v in at_one:
-        for section, changes in v.items():
+        for changes in v.values():
             assert sweep.parse_part(sweep.part_name(changes)) == changes
     # by_ipc replaces that key's values at that IPC only
     assert [v["distill"] for v in sweep.variants(config, "d3s", 10, base)] == [{"lr": 0.05}, {"lr": 0.05}]
@@ -132,8 +142,18 @@ def test_budgets_must_match_across_methods():
 
 
 def _result(method, ipc, variant, student, seed, val, test, labels="soft"):
-    return {"method": method, "ipc": ipc, "variant": variant, "student": student, "seed": seed, "val_top1": val,
-            "top1": test, "top5": test, "n_images": 10 * (ipc or 0), "protocol": {"label_mode": labels}}
+    return {
+        "method": method,
+        "ipc": ipc,
+        "variant": variant,
+        "student": student,
+        "seed": seed,
+        "val_top1": val,
+        "top1": test,
+        "top5": test,
+        "n_images": 10 * (ipc or 0),
+        "protocol": {"label_mode": labels},
+    }
 
 
 def test_selection_uses_validation_never_test():
@@ -143,7 +163,11 @@ def test_selection_uses_validation_never_test():
     chosen, table = select_variants(results, "net1")
     assert chosen == {("d3s", 1, "soft"): "a"}
     assert {(r["variant"], r["student"], r["selected"]) for r in table} == {
-        ("a", "net1", "yes"), ("a", "net2", "yes"), ("b", "net1", "no"), ("b", "net2", "no")}
+        ("a", "net1", "yes"),
+        ("a", "net2", "yes"),
+        ("b", "net1", "no"),
+        ("b", "net2", "no"),
+    }
     # the selecting student's validation decides even where the other student disagrees
     results += [_result("d3s", 1, "c", "net1", s, 0.7, 0.1) for s in (0, 1)]
     results += [_result("d3s", 1, "c", "net2", s, 0.0, 0.1) for s in (0, 1)]
@@ -164,7 +188,9 @@ def test_lrs_is_dd_rankings_formula():
     assert label_robust_score(-100.0, 100.0) == pytest.approx(0.0)
     for ior, hlr in itertools.product((-20.0, 0.0, 15.0), (-5.0, 0.0, 30.0)):
         a = (0.5 * ior - 0.5 * hlr) / 100
-        assert label_robust_score(ior, hlr) == pytest.approx(100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1)))
+        assert label_robust_score(ior, hlr) == pytest.approx(
+            100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
+        )
 
 
 def test_summary_metrics_from_results(tmp_path):
@@ -185,8 +211,9 @@ def test_summary_metrics_from_results(tmp_path):
     assert by[("d3s", "soft")]["hlr"] == pytest.approx(50.0) and by[("random", "hard")]["hlr"] == pytest.approx(60.0)
     assert by[("d3s", "soft")]["lrs"] == pytest.approx(round(label_robust_score(10.0, 50.0), 2))
     # margin in pooled standard deviations: 10 points over hypot(1.41, 1.41)
-    assert by[("d3s", "soft")]["ior_sigmas"] == pytest.approx(10 / math.hypot(np.std([59, 61], ddof=1),
-                                                                               np.std([49, 51], ddof=1)), abs=0.01)
+    assert by[("d3s", "soft")]["ior_sigmas"] == pytest.approx(
+        10 / math.hypot(np.std([59, 61], ddof=1), np.std([49, 51], ddof=1)), abs=0.01
+    )
     assert by[("full", "hard")]["ior"] == "" and by[("random", "soft")]["ior"] == 0.0
 
 
@@ -199,11 +226,13 @@ def test_hard_label_rows_keep_the_set_the_soft_labels_chose():
     """HLR and LRS describe one distilled set: the hard-label choice is among the soft choice's set."""
     results = []
     for seed in (0, 1):
-        results += [_result("d3s", 1, "a/default/default", "net", seed, 0.6, 0.5),  # soft: set a wins
-                    _result("d3s", 1, "b/default/default", "net", seed, 0.5, 0.5),
-                    _result("d3s", 1, "a/hard/default", "net", seed, 0.2, 0.2, "hard"),
-                    _result("d3s", 1, "a/hard/lr=0.01", "net", seed, 0.3, 0.2, "hard"),
-                    _result("d3s", 1, "b/hard/default", "net", seed, 0.9, 0.9, "hard")]  # best, other set
+        results += [
+            _result("d3s", 1, "a/default/default", "net", seed, 0.6, 0.5),  # soft: set a wins
+            _result("d3s", 1, "b/default/default", "net", seed, 0.5, 0.5),
+            _result("d3s", 1, "a/hard/default", "net", seed, 0.2, 0.2, "hard"),
+            _result("d3s", 1, "a/hard/lr=0.01", "net", seed, 0.3, 0.2, "hard"),
+            _result("d3s", 1, "b/hard/default", "net", seed, 0.9, 0.9, "hard"),
+        ]  # best, other set
     chosen, table = select_variants(results, "net")
     assert chosen[("d3s", 1, "soft")] == "a/default/default" and chosen[("d3s", 1, "hard")] == "a/hard/lr=0.01"
     assert len(table) == 5  # every variant stays in the sweep table
@@ -223,11 +252,13 @@ def test_plots_draw_the_sets_the_summary_reports(tmp_path):
     soft-label row's set, chosen on validation (set b here, though a is better on test)."""
     results = []
     for seed in (0, 1):
-        results += [_result("d3s", 1, "a/default/default", "net", seed, 0.4, 0.9),
-                    _result("d3s", 1, "b/default/default", "net", seed, 0.6, 0.5),
-                    _result("d3s", 1, "a/hard/default", "net", seed, 0.9, 0.9, "hard"),
-                    _result("d3s", 1, "b/hard/default", "net", seed, 0.1, 0.1, "hard"),
-                    _result("random", 1, "default/default/default", "net", seed, 0.3, 0.3)]
+        results += [
+            _result("d3s", 1, "a/default/default", "net", seed, 0.4, 0.9),
+            _result("d3s", 1, "b/default/default", "net", seed, 0.6, 0.5),
+            _result("d3s", 1, "a/hard/default", "net", seed, 0.9, 0.9, "hard"),
+            _result("d3s", 1, "b/hard/default", "net", seed, 0.1, 0.1, "hard"),
+            _result("random", 1, "default/default/default", "net", seed, 0.3, 0.3),
+        ]
     files = []
     for i, r in enumerate(results):
         files.append(tmp_path / f"{i}.json")

@@ -101,8 +101,15 @@ def test_relabel_reads_back_at_most_once_per_step(tiny, tmp_path):
     teacher, synthetic = load_teacher(tiny["teacher"]), load_synthetic(tiny["images"])
 
     def run(epochs):
-        generate_soft_labels([teacher], synthetic, str(tiny["images"]), RelabelParams(epochs=epochs, batch_size=4),
-                             0, tmp_path / f"labels{epochs}.h5", torch.device("cpu"))
+        generate_soft_labels(
+            [teacher],
+            synthetic,
+            str(tiny["images"]),
+            RelabelParams(epochs=epochs, batch_size=4),
+            0,
+            tmp_path / f"labels{epochs}.h5",
+            torch.device("cpu"),
+        )
 
     reads = per_step(run, 6, lambda epochs: 5 * epochs)  # 5 batches per epoch; one packed copy per epoch
     assert reads <= 1.0, f"{reads:.2f} read-backs per relabel step"

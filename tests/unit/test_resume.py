@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,13 +19,32 @@ ITERATIONS = "250"  # x 3 minibatches: a few seconds of work, long enough to int
 
 
 def _distill_args(tiny, out, *extra):
-    return ["distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-2_call", "--batch-size", "7",
-            "--iterations", ITERATIONS, "--out", out, "--device", "cpu", "--threads", "1", *extra]
+    return [
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-2_call",
+        "--batch-size",
+        "7",
+        "--iterations",
+        ITERATIONS,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, "-m", "d3s", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "d3s", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for_line(proc, text: str) -> str:
@@ -103,8 +121,24 @@ def test_teacher_training_killed_and_restarted_gives_the_same_teacher(tmp_path):
     from ..conftest import DIGITS
 
     def args(out, *extra):
-        return ["train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "3", "--epochs", "12",
-                "--out", out, "--device", "cpu", "--threads", "1", *extra]
+        return [
+            "train-teacher",
+            "--data",
+            DIGITS,
+            "--arch",
+            "convnet3_w32",
+            "--seed",
+            "3",
+            "--epochs",
+            "12",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
 
     run_cli(*args(tmp_path / "ref.h5"))
     resume, out = tmp_path / "ckpt", tmp_path / "t.h5"
@@ -112,8 +146,9 @@ def test_teacher_training_killed_and_restarted_gives_the_same_teacher(tmp_path):
     _wait_for(resume / "state.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
     assert load_teacher(out).weights_sha256 == load_teacher(tmp_path / "ref.h5").weights_sha256
     assert not resume.exists()
@@ -125,8 +160,26 @@ def test_student_evaluation_resumes_after_sigterm(tiny, tmp_path):
     from ..conftest import DIGITS
 
     def args(out, *extra):
-        return ["evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
-                "--student", "convnet3_w32", "--epochs", "3000", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+        return [
+            "evaluate",
+            "--images",
+            tiny["images"],
+            "--labels",
+            tiny["labels"],
+            "--data",
+            DIGITS,
+            "--student",
+            "convnet3_w32",
+            "--epochs",
+            "3000",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
 
     run_cli(*args(tmp_path / "ref.json"))
     resume, out = tmp_path / "ckpt", tmp_path / "r.json"
@@ -135,8 +188,11 @@ def test_student_evaluation_resumes_after_sigterm(tiny, tmp_path):
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_PREEMPTED, output
-    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume, "--checkpoint-every", "0"))],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume, "--checkpoint-every", "0"))],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
     assert not resume.exists()
     ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
@@ -172,8 +228,26 @@ def test_full_data_student_resumes_after_sigterm(tiny, tmp_path):
     from ..conftest import DIGITS
 
     def args(out, *extra):
-        return ["evaluate-full", "--data", DIGITS, "--teacher", tiny["teacher"], "--student", "convnet3_w32",
-                "--full-epochs", "40", "--batch-size", "256", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+        return [
+            "evaluate-full",
+            "--data",
+            DIGITS,
+            "--teacher",
+            tiny["teacher"],
+            "--student",
+            "convnet3_w32",
+            "--full-epochs",
+            "40",
+            "--batch-size",
+            "256",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
 
     run_cli(*args(tmp_path / "ref.json"))
     resume, out = tmp_path / "ckpt", tmp_path / "r.json"
@@ -182,8 +256,9 @@ def test_full_data_student_resumes_after_sigterm(tiny, tmp_path):
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, output
-    done = subprocess.run([sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "d3s", *map(str, args(out, "--resume-dir", resume))], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
     assert not resume.exists()
     ref, got = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
@@ -192,17 +267,54 @@ def test_full_data_student_resumes_after_sigterm(tiny, tmp_path):
 
 # ------------------------------------------------------------------ extract-stats and relabel: the same, file for file
 
+
 def _stats_args(tiny, out, *extra):
     from ..conftest import DIGITS
 
     # 225 batches of 8 images x 2 random views: ~2 s of work, and the views' generator must resume too
-    return ["extract-stats", "--teacher", tiny["teacher"], "--data", DIGITS, "--batch-size", "8", "--views", "2",
-            "--seed", "4", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+    return [
+        "extract-stats",
+        "--teacher",
+        tiny["teacher"],
+        "--data",
+        DIGITS,
+        "--batch-size",
+        "8",
+        "--views",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _relabel_args(tiny, out, *extra):
-    return ["relabel", "--images", tiny["images"], "--teacher", tiny["teacher"], "--epochs", "300", "--batch-size", "4",
-            "--seed", "2", "--out", out, "--device", "cpu", "--threads", "1", *extra]
+    return [
+        "relabel",
+        "--images",
+        tiny["images"],
+        "--teacher",
+        tiny["teacher"],
+        "--epochs",
+        "300",
+        "--batch-size",
+        "4",
+        "--seed",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _h5_contents(path) -> dict:
@@ -303,8 +415,14 @@ def test_checkpoint_frequency_defaults_are_the_commands():
 
     schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
     every = schema["properties"]["checkpoint_every"]["properties"]
-    commands = {"teacher": "train-teacher", "stats": "extract-stats", "distill": "distill", "relabel": "relabel",
-                "evaluate": "evaluate", "evaluate_full": "evaluate-full"}
+    commands = {
+        "teacher": "train-teacher",
+        "stats": "extract-stats",
+        "distill": "distill",
+        "relabel": "relabel",
+        "evaluate": "evaluate",
+        "evaluate_full": "evaluate-full",
+    }
     assert set(every) == {*commands, "minutes"}
     for key, command in commands.items():
         options = {p.name: p for p in main.commands[command].params}

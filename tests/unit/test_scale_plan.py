@@ -55,7 +55,9 @@ def with_full(name: str) -> list[str]:
 def test_job_counts_follow_the_workflow_formulas(preset):
     """The formulas of tests/workflow/test_workflow.py::test_every_preset_plans_its_dag, on the preset alone."""
     config = sp.load_config(preset)
-    p = sp.plan(config, sp.SIZES, sp.published_throughput(config["datasets"][config["dataset"]].get("image_size") or 32))
+    p = sp.plan(
+        config, sp.SIZES, sp.published_throughput(config["datasets"][config["dataset"]].get("image_size") or 32)
+    )
     n_classes = config["datasets"][config["dataset"]].get("num_classes") or sp.SIZES[config["dataset"]].classes
     per_ipc = [len(range(0, i, config["ipc_per_shard"])) for i in config["ipcs"]]
     blocks = len(range(0, n_classes, config["classes_per_shard"])) if config["classes_per_shard"] else 1
@@ -63,8 +65,13 @@ def test_job_counts_follow_the_workflow_formulas(preset):
     per_ipc_methods = len([m for m in config["methods"] if m != "full"])
     jobs = {r["stage"]: r["jobs"] for r in p["stages"]}
     assert jobs.get("distill_shard", 0) == sum(per_ipc) * blocks * synth
-    assert jobs["evaluate_student"] == (len(config["ipcs"]) * len(config["students"]) * len(config["eval_seeds"])
-                                        * per_ipc_methods * len(config["labels"]))
+    assert jobs["evaluate_student"] == (
+        len(config["ipcs"])
+        * len(config["students"])
+        * len(config["eval_seeds"])
+        * per_ipc_methods
+        * len(config["labels"])
+    )
     assert jobs["relabel"] == len(config["ipcs"]) * per_ipc_methods
 
 
@@ -83,8 +90,18 @@ def test_imagenet21k_p_plan_matches_its_dry_run():
     the stages the plan covers. The preset's methods are [d3s, random]: the dry run has no evaluate_full."""
     _, p = plan_of("imagenet21k_p")
     assert {r["stage"]: r["jobs"] for r in p["stages"]} == {
-        "pack_index": 1, "pack_part": 64, "pack_merge": 1, "dataset_info": 1, "import_teacher": 1, "extract_stats": 1,
-        "distill_shard": 110, "merge_shards": 1, "select_real": 1, "relabel": 2, "evaluate_student": 6}
+        "pack_index": 1,
+        "pack_part": 64,
+        "pack_merge": 1,
+        "dataset_info": 1,
+        "import_teacher": 1,
+        "extract_stats": 1,
+        "distill_shard": 110,
+        "merge_shards": 1,
+        "select_real": 1,
+        "relabel": 2,
+        "evaluate_student": 6,
+    }
     assert "evaluate_full" in p["not_in_dag"] and "train_teacher" in p["not_in_dag"]
 
 
@@ -126,7 +143,9 @@ def test_evaluate_reads_are_epochs_x_images_x_seeds_and_decodes_only_without_pac
     assert full["images_read"] == seeds * (ev["full_epochs"] * 11_060_223 + n_val) and full["jpeg_decodes"] == 0
     assert "evaluate_full" not in {r["stage"] for r in plan_of("imagenet21k_p")[1]["stages"]}  # the preset as it is
 
-    _, unpacked = plan_of("imagenet21k_p", methods=with_full("imagenet21k_p"), datasets={"imagenet21k_p": {"pack": False}})
+    _, unpacked = plan_of(
+        "imagenet21k_p", methods=with_full("imagenet21k_p"), datasets={"imagenet21k_p": {"pack": False}}
+    )
     assert "pack_part" not in {r["stage"] for r in unpacked["stages"]}
     assert row(unpacked, "evaluate_student")["jpeg_decodes"] == len(methods) * seeds * n_val
     assert row(unpacked, "extract_stats")["jpeg_decodes"] == 11_060_223
@@ -157,12 +176,16 @@ def test_top_k_label_bytes_match_the_preset_comment(name):
     c = config["datasets"][name]["num_classes"]
     n = config["ipcs"][0] * c
     b = sp.label_bytes(config["relabel"]["epochs"], n, c, config["relabel"]["top_k"])
-    epochs, images, classes = (int(x.replace(",", "")) for x in re.search(r"(\d+) x ([\d,]+) x ([\d,]+) fp16", text).groups())
+    epochs, images, classes = (
+        int(x.replace(",", "")) for x in re.search(r"(\d+) x ([\d,]+) x ([\d,]+) fp16", text).groups()
+    )
     assert (epochs, images, classes) == (300, n, c)
-    for pattern, value, unit in ((r"fp16 = ([\d.]+) TB", b["dense"], 1e12),
-                                 (r"an epoch alone ([\d.]+) GB", b["dense"] / 300, 1e9),
-                                 (r"are ([\d.]+) GB", b["logits"], 1e9),
-                                 (r"([\d.]+) MB an epoch", b["per_epoch_logits"], 1e6)):
+    for pattern, value, unit in (
+        (r"fp16 = ([\d.]+) TB", b["dense"], 1e12),
+        (r"an epoch alone ([\d.]+) GB", b["dense"] / 300, 1e9),
+        (r"are ([\d.]+) GB", b["logits"], 1e9),
+        (r"([\d.]+) MB an epoch", b["per_epoch_logits"], 1e6),
+    ):
         stated, decimals = _stated(pattern, text)
         assert round(value / unit, decimals) == stated, (pattern, value / unit)
     if name == "imagenet21k":
@@ -217,14 +240,41 @@ def _smk_namespace(config: dict) -> dict:
     from d3s.shard import Shard
     from d3s.sources import get_source, source_names
 
-    ns = {"config": config, "os": os, "math": math, "json": json, "PACK_DIR": config["prepare"]["dir"], "sweeps": sweeps,
-          "settings": settings, "SECTIONS": SECTIONS, "Shard": Shard, "DATASET": config.get("dataset"),
-          "get_source": get_source, "source_names": source_names}
+    ns = {
+        "config": config,
+        "os": os,
+        "math": math,
+        "json": json,
+        "PACK_DIR": config["prepare"]["dir"],
+        "sweeps": sweeps,
+        "settings": settings,
+        "SECTIONS": SECTIONS,
+        "Shard": Shard,
+        "DATASET": config.get("dataset"),
+        "get_source": get_source,
+        "source_names": source_names,
+    }
     for const in (*SMK_CONSTANTS, "VARIANT_WILDCARD"):
         ns[const] = eval(re.search(rf"^{const} = ([^#\n]+)", text, re.M).group(1), ns)
-    for fn in ("gpu_count", "torch_mb", "files_mb", "is_packed", "packed_file", "data_mb", "memory", "dataset_side",
-               "section_settings", "setting", "images_header", "cpu_batch_mb", "val_splits", "student_memory", "shard_state_mb", "distill_settings",
-               "distill_memory"):
+    for fn in (
+        "gpu_count",
+        "torch_mb",
+        "files_mb",
+        "is_packed",
+        "packed_file",
+        "data_mb",
+        "memory",
+        "dataset_side",
+        "section_settings",
+        "setting",
+        "images_header",
+        "cpu_batch_mb",
+        "val_splits",
+        "student_memory",
+        "shard_state_mb",
+        "distill_settings",
+        "distill_memory",
+    ):
         exec(_smk_def(text, fn), ns)
     return ns
 
@@ -265,11 +315,18 @@ def _images_file(path, shape: tuple[int, ...]) -> str:
 CPU = {"device": "cpu"}
 
 
-@pytest.mark.parametrize("name,override", [("imagenet21k_p", {}), ("tiny_imagenet", {}),
-                                           ("imagenet1k", {"datasets": {"imagenet1k": {"pack": False}}}),
-                                           ("imagenet1k", {**CPU, "distill": {"init": "real"}}),
-                                           ("imagenet21k_p", CPU), ("tiny_imagenet", CPU)],
-                         ids=["21k_p", "tiny_packed_small", "1k_unpacked", "1k_cpu_init_real", "21k_p_cpu", "tiny_cpu"])
+@pytest.mark.parametrize(
+    "name,override",
+    [
+        ("imagenet21k_p", {}),
+        ("tiny_imagenet", {}),
+        ("imagenet1k", {"datasets": {"imagenet1k": {"pack": False}}}),
+        ("imagenet1k", {**CPU, "distill": {"init": "real"}}),
+        ("imagenet21k_p", CPU),
+        ("tiny_imagenet", CPU),
+    ],
+    ids=["21k_p", "tiny_packed_small", "1k_unpacked", "1k_cpu_init_real", "21k_p_cpu", "tiny_cpu"],
+)
 def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, name, override):
     """Each stage's RAM/job equals its rule's mem_mb expression (rules/*.smk, helpers from common.smk)
     evaluated on files of the sizes the plan assumes (sparse files; the distilled set an HDF5 header of the
@@ -287,15 +344,28 @@ def test_host_memory_per_job_is_what_the_rules_request(tmp_path, monkeypatch, na
     images = _images_file(tmp_path / "images.h5", (ipc * c, side, side, entry.get("channels", 3)))
     assert os.path.getsize(images) < 2**20  # the request follows the header's shape, not the file's size
     step, block = config["ipc_per_shard"], config["classes_per_shard"]
-    shard = SimpleNamespace(dataset=name, ipc=str(ipc), dv="default",
-                            shard=f"i0-{min(step, ipc)}_c" + (f"0-{min(block, c)}" if block else "all"))
+    shard = SimpleNamespace(
+        dataset=name,
+        ipc=str(ipc),
+        dv="default",
+        shard=f"i0-{min(step, ipc)}_c" + (f"0-{min(block, c)}" if block else "all"),
+    )
     plain = SimpleNamespace(dataset=name, ipc=str(ipc))
-    cases = {"pack_index": (plain, _Input()), "pack_part": (plain, _Input()), "pack_merge": (plain, _Input()),
-             "dataset_info": (plain, _Input()), "train_teacher": (plain, _Input()), "import_teacher": (plain, _Input()),
-             "extract_stats": (plain, _Input()), "distill_shard": (shard, _Input(stats=stats)),
-             "merge_shards": (plain, _Input([images])), "select_real": (plain, _Input()),
-             "relabel": (plain, _Input(images=images)), "evaluate_student": (plain, _Input(images=images)),
-             "evaluate_full": (plain, _Input())}
+    cases = {
+        "pack_index": (plain, _Input()),
+        "pack_part": (plain, _Input()),
+        "pack_merge": (plain, _Input()),
+        "dataset_info": (plain, _Input()),
+        "train_teacher": (plain, _Input()),
+        "import_teacher": (plain, _Input()),
+        "extract_stats": (plain, _Input()),
+        "distill_shard": (shard, _Input(stats=stats)),
+        "merge_shards": (plain, _Input([images])),
+        "select_real": (plain, _Input()),
+        "relabel": (plain, _Input(images=images)),
+        "evaluate_student": (plain, _Input(images=images)),
+        "evaluate_full": (plain, _Input()),
+    }
     assert all(ns[const] == getattr(sp, const) for const in SMK_CONSTANTS)
     assert ns["images_header"](images) == (sp.image_bytes(ipc * c, side) / 2**20, side)
     checked = []
@@ -319,8 +389,16 @@ def test_cpu_jobs_add_the_activations_of_their_largest_batch():
     gpu_config, gpu = plan_of("tiny_imagenet")
     config, cpu = plan_of("tiny_imagenet", **CPU)
     assert gpu_config["device"] == "auto" and config["device"] == "cpu" and sp.cpu_batch_mb(1, 64, gpu=False) == 3
-    largest = {"dataset_info": 0, "train_teacher": 512, "extract_stats": 256, "distill_shard": 200, "select_real": 512,
-               "relabel": 512, "evaluate_student": 512, "evaluate_full": 512}  # teacher 256, evaluate 256 < 512
+    largest = {
+        "dataset_info": 0,
+        "train_teacher": 512,
+        "extract_stats": 256,
+        "distill_shard": 200,
+        "select_real": 512,
+        "relabel": 512,
+        "evaluate_student": 512,
+        "evaluate_full": 512,
+    }  # teacher 256, evaluate 256 < 512
     fixed = {"pack_index", "pack_part", "pack_merge", "merge_shards"}
     assert set(largest) | fixed == {r["stage"] for r in cpu["stages"]}
     for stage in fixed:
@@ -338,8 +416,11 @@ def test_student_jobs_hold_the_set_uncompressed():
     assert row(p, "relabel")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb)
     # the test split, and the training split the validation split (val_per_class) is carved out of
     assert config["datasets"]["imagenet1k"]["val_per_class"] > 0
-    data = sp.data_mb(config["datasets"]["imagenet1k"], 2, sp.packed_bytes(sp.SIZES["imagenet1k"],
-                                                                            config["datasets"]["imagenet1k"]) / 2**20)
+    data = sp.data_mb(
+        config["datasets"]["imagenet1k"],
+        2,
+        sp.packed_bytes(sp.SIZES["imagenet1k"], config["datasets"]["imagenet1k"]) / 2**20,
+    )
     assert row(p, "evaluate_student")["ram_mb"] == math.ceil(sp.TORCH_MB + sp.CUDA_HOST_MB + 1.5 * set_mb + data)
 
 
@@ -361,7 +442,12 @@ def test_imagenet21k_p_preset():
     assert config["dataset"] == "imagenet21k_p" and entry["num_classes"] == 10_450
     assert entry["root"] == "data/imagenet21k_p" and entry["class_list"] == "data/imagenet21k_p/classes.txt"
     # the release is already 224 x 224: packed and tested as it is, no Resize -> CenterCrop
-    assert entry.get("val_dir", "val") == "val" and "eval_resize" not in entry and entry["image_size"] == 224 and entry["pack"] is True
+    assert (
+        entry.get("val_dir", "val") == "val"
+        and "eval_resize" not in entry
+        and entry["image_size"] == 224
+        and entry["pack"] is True
+    )
     assert config["prepare"] == {"parts": 64} and config["local_merge"] is False
     # its comments: "the packed file is 1.7 TB at 224 px"; "64 decode jobs, each ~170 k training images (~26 GB at 224 px)"
     size = sp.SIZES["imagenet21k_p"]
@@ -416,8 +502,12 @@ def test_imagenet_presets_checkpoint_by_time_only(name):
     # by count as well: every 500 optimisation steps of batch_size images (one teacher, d3s's step time)
     _, counted = plan_of(name, checkpoint_every={"distill": 500})
     s = config["distill"]
-    step_s = s["batch_size"] * sp.published_throughput(224, config["datasets"][name]["num_classes"])[
-        "step_s_per_image"]["d3s"][s["precision"]]
+    step_s = (
+        s["batch_size"]
+        * sp.published_throughput(224, config["datasets"][name]["num_classes"])["step_s_per_image"]["d3s"][
+            s["precision"]
+        ]
+    )
     by_count = 3600 / (500 * step_s)
     expected = by_count if by_count >= 60 / every["minutes"] else by_count + 60 / every["minutes"]
     assert row(counted, "distill_shard")["checkpoints_per_hour"] == pytest.approx(expected)
@@ -428,17 +518,31 @@ def test_published_synthesis_step_comes_from_cda():
     assert one_k["sre2l"]["fp32"] == pytest.approx(29 * 3600 / (50 * 1000 * 4000))
     assert one_k["d3s"]["bf16"] == pytest.approx(one_k["sre2l"]["bf16"] * 1.74)
     assert sp.published_throughput(224, 10_450)["step_s_per_image"]["sre2l"]["fp32"] == pytest.approx(
-        4 * 55 * 3600 / (20 * 10_450 * 2000))
+        4 * 55 * 3600 / (20 * 10_450 * 2000)
+    )
     _, p = plan_of("imagenet1k")
     assert row(p, "distill_shard")["gpu_hours"] == pytest.approx(4000 * 60_000 * one_k["d3s"]["bf16"] / 3600)
     assert any(k == "d3s_step" and v.startswith("ASSUMED") for k, v in p["sources"])
 
 
 def _gpu_doc(scale: float) -> dict:
-    fig = {"case": "ImageNet-like", "arch": "resnet18", "pixels": 224, "classes": 1000, "batch": 256,
-           "train_fp32_img_s": 1000, "train_bf16_img_s": 2000, "inference_img_s": 4000, "stats_img_s": 3000,
-           "relabel_fp32_img_s": 3000, "relabel_bf16_img_s": 4000,
-           "d3s_step_fp32_ms": 200, "d3s_step_bf16_ms": 100, "sre2l_step_fp32_ms": 150, "sre2l_step_bf16_ms": 75}
+    fig = {
+        "case": "ImageNet-like",
+        "arch": "resnet18",
+        "pixels": 224,
+        "classes": 1000,
+        "batch": 256,
+        "train_fp32_img_s": 1000,
+        "train_bf16_img_s": 2000,
+        "inference_img_s": 4000,
+        "stats_img_s": 3000,
+        "relabel_fp32_img_s": 3000,
+        "relabel_bf16_img_s": 4000,
+        "d3s_step_fp32_ms": 200,
+        "d3s_step_bf16_ms": 100,
+        "sre2l_step_fp32_ms": 150,
+        "sre2l_step_bf16_ms": 75,
+    }
     fig = {k: (v * scale if k.endswith("_img_s") else v / scale if k.endswith("_ms") else v) for k, v in fig.items()}
     small = {**fig, "case": "Tiny-ImageNet-like", "pixels": 64, "train_bf16_img_s": 1e9}  # must not be picked
     return {"device": "Fake GPU", "figures": [small, fig]}
@@ -454,8 +558,10 @@ def test_gpu_json_sets_the_gpu_hours_in_proportion(tmp_path):
     preset = tmp_path / "imagenet21k_p_full.yaml"
     preset.write_text(yaml.safe_dump(doc))
     config = sp.load_config(preset)
-    one, two = (sp.main(["--preset", str(preset), "--gpu-json", str(p), "--json", str(tmp_path / "plan.json")])[0]
-                for p in paths)
+    one, two = (
+        sp.main(["--preset", str(preset), "--gpu-json", str(p), "--json", str(tmp_path / "plan.json")])[0]
+        for p in paths
+    )
     gpu_stages = [r["stage"] for r in one["stages"] if r["gpu_hours"]]
     assert {"extract_stats", "distill_shard", "relabel", "evaluate_student", "evaluate_full"} <= set(gpu_stages)
     for stage in gpu_stages:
@@ -473,12 +579,16 @@ def test_gpu_json_sets_the_gpu_hours_in_proportion(tmp_path):
     assert row(one, "pack_part")["gpu_hours"] == 0
     assert "Fake GPU" in one["throughput"]
     written = json.loads((tmp_path / "plan.json").read_text())["plans"][0]
-    assert written["dataset"] == "imagenet21k_p" and written["total"]["gpu_hours"] == pytest.approx(two["total"]["gpu_hours"])
+    assert written["dataset"] == "imagenet21k_p" and written["total"]["gpu_hours"] == pytest.approx(
+        two["total"]["gpu_hours"]
+    )
 
 
 def test_the_script_prints_a_table_per_default_preset_without_importing_torch():
-    code = ("import runpy, sys\nsys.argv = ['scale_plan.py']\ntry:\n    runpy.run_path(sys.argv_path, run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\nassert 'torch' not in sys.modules\nprint('NO_TORCH')\n")
+    code = (
+        "import runpy, sys\nsys.argv = ['scale_plan.py']\ntry:\n    runpy.run_path(sys.argv_path, run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\nassert 'torch' not in sys.modules\nprint('NO_TORCH')\n"
+    )
     code = code.replace("sys.argv_path", repr(str(REPO / "benchmarks" / "scale_plan.py")))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -486,8 +596,16 @@ def test_the_script_prints_a_table_per_default_preset_without_importing_torch():
     for name in ("imagenet1k", "imagenet21k", "imagenet21k_p"):
         assert f"== {name}.yaml: {name}," in out, name
     assert out.count("GPU-h/job") == 3 and out.count("\ntotal ") == 3 and "NO_TORCH" in out
-    stages = ["pack_part", "import_teacher", "extract_stats", "distill_shard", "merge_shards", "select_real",
-              "relabel", "evaluate_student"]
+    stages = [
+        "pack_part",
+        "import_teacher",
+        "extract_stats",
+        "distill_shard",
+        "merge_shards",
+        "select_real",
+        "relabel",
+        "evaluate_student",
+    ]
     full = [p.stem for p in sp.DEFAULT_PRESETS if "full" in sp.load_config(p)["methods"]]
     for stage in stages + (["evaluate_full"] if full else []):
         assert f"\n{stage} " in out, stage
@@ -496,6 +614,11 @@ def test_the_script_prints_a_table_per_default_preset_without_importing_torch():
         not_in = [line for line in out.splitlines() if line.strip().startswith("not in this DAG:")]
         assert len(not_in) == 3 and all("evaluate_full" in line for line in not_in)
     assert "ASSUMED" in out and "published" in out
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale_plan.py")], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale_plan.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0 and done.stdout == out.replace("NO_TORCH\n", "")

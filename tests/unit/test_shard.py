@@ -10,8 +10,14 @@ from d3s.errors import D3SError
 from d3s.shard import PATTERN, Shard, plan_shards
 
 
-@pytest.mark.parametrize("text, shard", [("i0-5_call", Shard(0, 5)), ("i5-10_c0-100", Shard(5, 10, 0, 100)),
-                                         ("i18-20_c10000-10450", Shard(18, 20, 10000, 10450))])
+@pytest.mark.parametrize(
+    "text, shard",
+    [
+        ("i0-5_call", Shard(0, 5)),
+        ("i5-10_c0-100", Shard(5, 10, 0, 100)),
+        ("i18-20_c10000-10450", Shard(18, 20, 10000, 10450)),
+    ],
+)
 def test_spelling_round_trips(text, shard):
     assert Shard.parse(text) == shard and str(shard) == text and re.fullmatch(PATTERN, text)
 

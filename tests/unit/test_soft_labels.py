@@ -34,41 +34,92 @@ def test_top_k_of_all_but_one_class_is_exact():
 
 def test_relabel_top_k_stores_k_logits_and_students_train_on_them(tiny, tmp_path):
     labels, result = tmp_path / "labels_top3.h5", tmp_path / "result.json"
-    run_cli("relabel", "--images", tiny["images"], "--teacher", tiny["teacher"], "--epochs", "3", "--top-k", "3",
-            "--out", labels, *FAST)
+    run_cli(
+        "relabel",
+        "--images",
+        tiny["images"],
+        "--teacher",
+        tiny["teacher"],
+        "--epochs",
+        "3",
+        "--top-k",
+        "3",
+        "--out",
+        labels,
+        *FAST,
+    )
     with h5py.File(labels) as f, h5py.File(tiny["labels"]) as dense:
         assert f.attrs["top_k"] == 3 and "logits" not in f
         assert f["topk_logits"].shape == (3, 20, 3) and f["topk_classes"].shape == (3, 20, 3)
         assert f["rest_logsumexp"].shape == (3, 20)
         # same seed, same views: the kept logits are the dense file's three largest
-        torch.testing.assert_close(torch.from_numpy(f["topk_logits"][:]),
-                                   torch.from_numpy(dense["logits"][:]).topk(3, dim=2).values)
+        torch.testing.assert_close(
+            torch.from_numpy(f["topk_logits"][:]), torch.from_numpy(dense["logits"][:]).topk(3, dim=2).values
+        )
     s = load_synthetic(tiny["images"])
     top3, full = SoftLabelStore(labels, s, str(tiny["images"])), SoftLabelStore(tiny["labels"], s, str(tiny["images"]))
     rows = torch.tensor([4, 0, 19])
     _, _, compressed = top3.epoch(1)
     _, _, dense_epoch = full.epoch(1)
     assert compressed[rows].shape == (3, 10) and compressed[rows].dtype == torch.float32
-    torch.testing.assert_close(compressed[rows].softmax(1).topk(3).values, dense_epoch[rows].softmax(1).topk(3).values,
-                               rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(
+        compressed[rows].softmax(1).topk(3).values, dense_epoch[rows].softmax(1).topk(3).values, rtol=2e-3, atol=2e-3
+    )
     top3.close(), full.close()
-    run_cli("evaluate", "--images", tiny["images"], "--labels", labels, "--data", DIGITS, "--student", "convnet3_w32",
-            "--epochs", "3", "--out", result, *FAST)
+    run_cli(
+        "evaluate",
+        "--images",
+        tiny["images"],
+        "--labels",
+        labels,
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "3",
+        "--out",
+        result,
+        *FAST,
+    )
     assert 0.0 <= json.loads(result.read_text())["top1"] <= 1.0
 
 
 def test_relabel_top_k_at_or_above_the_class_count_stores_dense_labels(tiny, tmp_path):
     labels = tmp_path / "labels.h5"
-    run_cli("relabel", "--images", tiny["images"], "--teacher", tiny["teacher"], "--epochs", "1", "--top-k", "10",
-            "--out", labels, *FAST)
+    run_cli(
+        "relabel",
+        "--images",
+        tiny["images"],
+        "--teacher",
+        tiny["teacher"],
+        "--epochs",
+        "1",
+        "--top-k",
+        "10",
+        "--out",
+        labels,
+        *FAST,
+    )
     with h5py.File(labels) as f:
         assert f.attrs["top_k"] == 0 and f["logits"].shape == (1, 20, 10)
 
 
 @pytest.mark.parametrize("k", ["-1"])
 def test_negative_top_k_is_refused(tiny, tmp_path, k):
-    out = run_cli("relabel", "--images", tiny["images"], "--teacher", tiny["teacher"], "--top-k", k,
-                  "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
+    out = run_cli(
+        "relabel",
+        "--images",
+        tiny["images"],
+        "--teacher",
+        tiny["teacher"],
+        "--top-k",
+        k,
+        "--out",
+        tmp_path / "x.h5",
+        *FAST,
+        expect_ok=False,
+    )
     assert out.exit_code != 0 and "Invalid value for '--top-k': -1 is not in the range x>=0" in out.output
     assert not (tmp_path / "x.h5").exists()
 

@@ -22,8 +22,17 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 
 def test_help_lists_every_stage():
     out = run_cli("--help").output
-    for stage in ("dataset-info", "train-teacher", "import-teacher", "extract-stats", "distill", "merge", "relabel",
-                  "evaluate", "summarize"):
+    for stage in (
+        "dataset-info",
+        "train-teacher",
+        "import-teacher",
+        "extract-stats",
+        "distill",
+        "merge",
+        "relabel",
+        "evaluate",
+        "summarize",
+    ):
         assert stage in out
     distill_help = run_cli("distill", "--help").output
     assert "--ridge" in distill_help and "--shard" in distill_help and "[default: 1000; x>0]" in distill_help
@@ -73,10 +82,36 @@ def test_stats_through_augmented_views(tiny, tmp_path):
     teacher = load_teacher(tiny["teacher"])
     plain = load_stats(tiny["stats"], teacher)
     identity, cropped = tmp_path / "identity.h5", tmp_path / "cropped.h5"
-    run_cli("extract-stats", "--teacher", tiny["teacher"], "--data", DIGITS, "--views", "1", "--crop-scale-min", "1",
-            "--out", identity, *FAST)
-    run_cli("extract-stats", "--teacher", tiny["teacher"], "--data", DIGITS, "--views", "2", "--crop-scale-min", "0.3",
-            "--seed", "1", "--out", cropped, *FAST)
+    run_cli(
+        "extract-stats",
+        "--teacher",
+        tiny["teacher"],
+        "--data",
+        DIGITS,
+        "--views",
+        "1",
+        "--crop-scale-min",
+        "1",
+        "--out",
+        identity,
+        *FAST,
+    )
+    run_cli(
+        "extract-stats",
+        "--teacher",
+        tiny["teacher"],
+        "--data",
+        DIGITS,
+        "--views",
+        "2",
+        "--crop-scale-min",
+        "0.3",
+        "--seed",
+        "1",
+        "--out",
+        cropped,
+        *FAST,
+    )
     for p, s in zip(plain, load_stats(identity, teacher)):
         # scale 1 may still draw a non-square box at aspect 3/4..4/3, clamped to the image: near, not equal
         assert s.count == p.count
@@ -138,8 +173,19 @@ def test_result_records_the_protocol(tiny):
 
 def test_seeds_in_one_process_give_the_results_of_one_process_each(tiny, tmp_path):
     """evaluate --seed 1 --seed 0 (the workflow's seeds_in_one_job) = one run per seed, to the bit."""
-    student = ["--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS, "--student", "convnet3_w32",
-               "--epochs", "3", *FAST]
+    student = [
+        "--images",
+        tiny["images"],
+        "--labels",
+        tiny["labels"],
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "3",
+        *FAST,
+    ]
     together = [tmp_path / "a1.json", tmp_path / "a0.json"]
     run_cli("evaluate", *student, "--seed", "1", "--seed", "0", "--out", together[0], "--out", together[1])
     alone = tmp_path / "b1.json"
@@ -157,8 +203,21 @@ def test_summarize_tables(tiny, tmp_path):
     second = tmp_path / "r1.json"
     r = json.loads(tiny["result"].read_text())
     second.write_text(json.dumps({**r, "seed": 1, "top1": r["top1"] + 0.1}))
-    run_cli("summarize", "--result", tiny["result"], "--result", second, "--teacher", tiny["teacher"],
-            "--dataset", "digits", "--tsv", tmp_path / "s.tsv", "--markdown", tmp_path / "s.md")
+    run_cli(
+        "summarize",
+        "--result",
+        tiny["result"],
+        "--result",
+        second,
+        "--teacher",
+        tiny["teacher"],
+        "--dataset",
+        "digits",
+        "--tsv",
+        tmp_path / "s.tsv",
+        "--markdown",
+        tmp_path / "s.md",
+    )
     header, row = (tmp_path / "s.tsv").read_text().splitlines()
     cells = dict(zip(header.split("\t"), row.split("\t")))
     assert cells["seeds"] == "0,1" and cells["ipc"] == "2"
@@ -169,8 +228,19 @@ def test_summarize_tables(tiny, tmp_path):
     assert len(cells["protocol"]) == 10
     third = tmp_path / "r2.json"
     third.write_text(json.dumps({**r, "seed": 2, "protocol": {**r["protocol"], "temperature": 9.0}}))
-    run_cli("summarize", "--result", tiny["result"], "--result", third, "--dataset", "digits",
-            "--tsv", tmp_path / "t.tsv", "--markdown", tmp_path / "t.md")
+    run_cli(
+        "summarize",
+        "--result",
+        tiny["result"],
+        "--result",
+        third,
+        "--dataset",
+        "digits",
+        "--tsv",
+        tmp_path / "t.tsv",
+        "--markdown",
+        tmp_path / "t.md",
+    )
     mixed = dict(zip(header.split("\t"), (tmp_path / "t.tsv").read_text().splitlines()[1].split("\t")))
     assert len(mixed["protocol"].split(",")) == 2
 
@@ -178,22 +248,69 @@ def test_summarize_tables(tiny, tmp_path):
 def test_same_seed_same_artifacts(tiny, tmp_path):
     """On the CPU a stage rerun with the same seed reproduces its artifact's content exactly."""
     again = tmp_path / "shard0.h5"
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-1_call",
-            "--iterations", "15", "--out", again, "--device", "cpu", "--threads", "2")
+    run_cli(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-1_call",
+        "--iterations",
+        "15",
+        "--out",
+        again,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    )
     a, b = load_synthetic(tiny["shard0"]), load_synthetic(again)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.loss_curves["i0-1_call"]["total"], b.loss_curves["i0-1_call"]["total"])
     teacher2 = tmp_path / "teacher.h5"
-    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
-            "--out", teacher2, "--device", "cpu", "--threads", "2")
+    run_cli(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--seed",
+        "0",
+        "--epochs",
+        "3",
+        "--out",
+        teacher2,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    )
     assert load_teacher(teacher2).weights_sha256 == load_teacher(tiny["teacher"]).weights_sha256
 
 
 def test_shard_larger_than_a_minibatch_uses_moving_statistics(tiny, tmp_path):
     """20 images in minibatches of 7: three blocks, optimised in turn with whole-set EMA statistics."""
     out = tmp_path / "blocks.h5"
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-2_call", "--batch-size", "7",
-            "--iterations", "10", "--out", out, "--device", "cpu", "--threads", "2")
+    run_cli(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-2_call",
+        "--batch-size",
+        "7",
+        "--iterations",
+        "10",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    )
     s = load_synthetic(out)
     assert s.images.shape[0] == 20 and s.labels.tolist() == list(range(10)) * 2
     curve = s.loss_curves["i0-2_call"]["total"]
@@ -203,15 +320,43 @@ def test_shard_larger_than_a_minibatch_uses_moving_statistics(tiny, tmp_path):
 def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
     """K teachers: distillation averages them (or takes turns) and relabel averages their logits."""
     second_t, second_s = tmp_path / "t1.h5", tmp_path / "s1.h5"
-    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "1", "--epochs", "2",
-            "--out", second_t, "--device", "cpu", "--threads", "2")
+    run_cli(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet3_w32",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        second_t,
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    )
     run_cli("extract-stats", "--teacher", second_t, "--data", DIGITS, "--out", second_s, "--device", "cpu")
     teachers = ["--teacher", tiny["teacher"], "--teacher", second_t]
     stats = ["--stats", tiny["stats"], "--stats", second_s]
     for mode in ("mean", "round_robin"):
         out = tmp_path / f"{mode}.h5"
-        run_cli("distill", *teachers, *stats, "--shard", "i0-1_call", "--iterations", "4", "--teacher-mode", mode,
-                "--out", out, "--device", "cpu")
+        run_cli(
+            "distill",
+            *teachers,
+            *stats,
+            "--shard",
+            "i0-1_call",
+            "--iterations",
+            "4",
+            "--teacher-mode",
+            mode,
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        )
         s = load_synthetic(out)
         assert len(s.teachers) == 2 and s.config["teacher_mode"] == mode
     labels = tmp_path / "labels.h5"
@@ -225,8 +370,17 @@ def test_several_teachers_mean_and_round_robin(tiny, tmp_path):
         expected = (t0.model(x) + t1.model(x)) / 2
     torch.testing.assert_close(logits[:], expected, rtol=2e-3, atol=2e-2)
     store.close()
-    mismatched = run_cli("distill", *teachers, "--stats", tiny["stats"], "--shard", "i0-1_call", "--out", tmp_path / "x.h5",
-                         expect_ok=False)
+    mismatched = run_cli(
+        "distill",
+        *teachers,
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-1_call",
+        "--out",
+        tmp_path / "x.h5",
+        expect_ok=False,
+    )
     assert mismatched.exit_code != 0 and "2 --teacher but 1 --stats" in mismatched.output
 
 
@@ -235,7 +389,21 @@ def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
     shards = []
     for (a, b), (c0, c1) in [((0, 2), (0, 4)), ((0, 1), (4, 10)), ((1, 2), (4, 7)), ((1, 2), (7, 10))]:
         out = tmp_path / f"i{a}-{b}_c{c0}-{c1}.h5"
-        run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", f"i{a}-{b}_c{c0}-{c1}", "--iterations", "3", "--out", out, "--device", "cpu")
+        run_cli(
+            "distill",
+            "--teacher",
+            tiny["teacher"],
+            "--stats",
+            tiny["stats"],
+            "--shard",
+            f"i{a}-{b}_c{c0}-{c1}",
+            "--iterations",
+            "3",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        )
         s = load_synthetic(out)
         assert sorted(set(s.labels.tolist())) == list(range(c0, c1))
         shards += ["--shard", out]
@@ -249,13 +417,44 @@ def test_class_block_shards_merge_into_the_full_set(tiny, tmp_path):
 def test_teachers_of_different_architectures_and_diagonal_ablation(tiny, tmp_path):
     """K teachers may differ in depth (their BN layer lists differ); the diagonal ablation runs with several blocks."""
     deeper_t, deeper_s = tmp_path / "c4.h5", tmp_path / "c4s.h5"
-    run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet4_w32", "--epochs", "1", "--out", deeper_t,
-            "--device", "cpu")
+    run_cli(
+        "train-teacher",
+        "--data",
+        DIGITS,
+        "--arch",
+        "convnet4_w32",
+        "--epochs",
+        "1",
+        "--out",
+        deeper_t,
+        "--device",
+        "cpu",
+    )
     run_cli("extract-stats", "--teacher", deeper_t, "--data", DIGITS, "--out", deeper_s, "--device", "cpu")
     out = tmp_path / "mixed.h5"
-    run_cli("distill", "--teacher", tiny["teacher"], "--teacher", deeper_t, "--stats", tiny["stats"], "--stats", deeper_s,
-            "--shard", "i0-2_call", "--batch-size", "7", "--iterations", "3", "--covariance", "diagonal", "--out", out,
-            "--device", "cpu")
+    run_cli(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--teacher",
+        deeper_t,
+        "--stats",
+        tiny["stats"],
+        "--stats",
+        deeper_s,
+        "--shard",
+        "i0-2_call",
+        "--batch-size",
+        "7",
+        "--iterations",
+        "3",
+        "--covariance",
+        "diagonal",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     s = load_synthetic(out)
     assert len(s.teachers) == 2 and s.config["covariance"] == "diagonal"
     assert np.isfinite(s.loss_curves["i0-2_call"]["match"]).all()
@@ -265,20 +464,64 @@ def test_bf16_training_learns_and_is_recorded(tiny, tmp_path):
     """bf16 autocast changes the arithmetic (so the weights), not whether the models learn."""
     fp32_t, bf16_t = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
     for out, precision in ((fp32_t, "fp32"), (bf16_t, "bf16")):
-        run_cli("train-teacher", "--data", DIGITS, "--arch", "convnet3_w32", "--seed", "0", "--epochs", "3",
-                "--precision", precision, "--out", out, *FAST)
+        run_cli(
+            "train-teacher",
+            "--data",
+            DIGITS,
+            "--arch",
+            "convnet3_w32",
+            "--seed",
+            "0",
+            "--epochs",
+            "3",
+            "--precision",
+            precision,
+            "--out",
+            out,
+            *FAST,
+        )
     with h5py.File(fp32_t) as a, h5py.File(bf16_t) as b:
         assert json.loads(b.attrs["config"])["precision"] == "bf16"
         assert b.attrs["test_top1"] > 0.8 and abs(a.attrs["test_top1"] - b.attrs["test_top1"]) < 0.1
         name = "state_dict/features.0.weight"
         assert not np.array_equal(a[name][()], b[name][()])
     result = tmp_path / "bf16.json"
-    run_cli("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
-            "--student", "convnet3_w32", "--epochs", "3", "--precision", "bf16", "--out", result, *FAST)
+    run_cli(
+        "evaluate",
+        "--images",
+        tiny["images"],
+        "--labels",
+        tiny["labels"],
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--epochs",
+        "3",
+        "--precision",
+        "bf16",
+        "--out",
+        result,
+        *FAST,
+    )
     r = json.loads(result.read_text())
     assert r["protocol"]["precision"] == "bf16" and r["top1"] > 0.1
-    bad = run_cli("evaluate", "--images", tiny["images"], "--labels", tiny["labels"], "--data", DIGITS,
-                  "--student", "convnet3_w32", "--precision", "fp8", "--out", tmp_path / "x.json", expect_ok=False)
+    bad = run_cli(
+        "evaluate",
+        "--images",
+        tiny["images"],
+        "--labels",
+        tiny["labels"],
+        "--data",
+        DIGITS,
+        "--student",
+        "convnet3_w32",
+        "--precision",
+        "fp8",
+        "--out",
+        tmp_path / "x.json",
+        expect_ok=False,
+    )
     assert bad.exit_code != 0 and "fp8" in bad.output
 
 
@@ -286,15 +529,48 @@ def test_real_init_starts_from_the_random_baselines_images(tiny, tmp_path):
     """--init real with a zero learning rate returns its starting images: the random picks of the same slots."""
     picked, started = tmp_path / "random.h5", tmp_path / "start.h5"
     run_cli("select-real", "--data", DIGITS, "--teacher", tiny["teacher"], "--ipc", "2", "--seed", "3", "--out", picked)
-    run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i1-2_call",
-            "--init", "real", "--data", DIGITS, "--lr", "1e-9", "--iterations", "2", "--seed", "3", "--out", started, *FAST)
+    run_cli(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i1-2_call",
+        "--init",
+        "real",
+        "--data",
+        DIGITS,
+        "--lr",
+        "1e-9",
+        "--iterations",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        started,
+        *FAST,
+    )
     random_set, start = load_synthetic(picked), load_synthetic(started)
     second = random_set.ipc_index == 1  # the shard covers IPC index 1 only
     np.testing.assert_array_equal(start.images, random_set.images[second])
     np.testing.assert_array_equal(start.labels, random_set.labels[second])
     assert json.loads(h5py.File(started).attrs["config"])["init"] == "real"
-    missing = run_cli("distill", "--teacher", tiny["teacher"], "--stats", tiny["stats"], "--shard", "i0-1_call",
-                      "--init", "real", "--out", tmp_path / "x.h5", *FAST, expect_ok=False)
+    missing = run_cli(
+        "distill",
+        "--teacher",
+        tiny["teacher"],
+        "--stats",
+        tiny["stats"],
+        "--shard",
+        "i0-1_call",
+        "--init",
+        "real",
+        "--out",
+        tmp_path / "x.h5",
+        *FAST,
+        expect_ok=False,
+    )
     assert missing.exit_code != 0 and "--init real needs --data" in missing.output
 
 

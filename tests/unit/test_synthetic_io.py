@@ -29,17 +29,24 @@ def reference_merge(paths: list[str]) -> SyntheticSet:
     """What a merge must hold, stated independently of merge_synthetic_to: every shard's rows in memory,
     ordered by (IPC index, class); the first shard's description; loss curves by block name; the shard list."""
     shards = [load_synthetic(p) for p in paths]
-    rows = sorted(((int(i), int(c), image) for s in shards for i, c, image in zip(s.ipc_index, s.labels, s.images)),
-                  key=lambda row: row[:2])
+    rows = sorted(
+        ((int(i), int(c), image) for s in shards for i, c, image in zip(s.ipc_index, s.labels, s.images)),
+        key=lambda row: row[:2],
+    )
     curves = {block: c for s in shards for block, c in s.loss_curves.items()}
     return dataclasses.replace(
-        shards[0], images=np.stack([r[2] for r in rows]), labels=np.array([r[1] for r in rows], dtype=np.int64),
-        ipc_index=np.array([r[0] for r in rows], dtype=np.int64), loss_curves=dict(sorted(curves.items())),
-        inputs={"shards": [str(p) for p in paths], **{k: v for k, v in shards[0].inputs.items() if k != "shard"}})
+        shards[0],
+        images=np.stack([r[2] for r in rows]),
+        labels=np.array([r[1] for r in rows], dtype=np.int64),
+        ipc_index=np.array([r[0] for r in rows], dtype=np.int64),
+        loss_curves=dict(sorted(curves.items())),
+        inputs={"shards": [str(p) for p in paths], **{k: v for k, v in shards[0].inputs.items() if k != "shard"}},
+    )
 
 
-def make_shard(path, ipc_range: tuple[int, int], class_range: tuple[int, int], rng, shuffle: bool = False,
-               **overrides) -> str:
+def make_shard(
+    path, ipc_range: tuple[int, int], class_range: tuple[int, int], rng, shuffle: bool = False, **overrides
+) -> str:
     """A shard of random images for IPC indices x classes, rows in distill's order (IPC, class) or shuffled."""
     ipc_index, labels = (a.ravel() for a in np.meshgrid(np.arange(*ipc_range), np.arange(*class_range), indexing="ij"))
     if shuffle:
@@ -47,10 +54,18 @@ def make_shard(path, ipc_range: tuple[int, int], class_range: tuple[int, int], r
         ipc_index, labels = ipc_index[perm], labels[perm]
     block = f"i{ipc_range[0]}-{ipc_range[1]}_c{class_range[0]}-{class_range[1]}"
     fields = dict(
-        images=rng.integers(0, 256, (len(labels), SIZE, SIZE, 3), dtype=np.uint8), labels=labels.astype(np.int64),
-        ipc_index=ipc_index.astype(np.int64), classes=CLASSES, method="d3s", teachers=["abc", "def"],
-        norm_mean=[0.5, 0.4, 0.3], norm_std=[0.2, 0.25, 0.3], hflip=True, config={"iterations": 3, "lr": 0.1},
-        seed=7, loss_curves={block: {"total": rng.random(3), "ce": rng.random(3)}},
+        images=rng.integers(0, 256, (len(labels), SIZE, SIZE, 3), dtype=np.uint8),
+        labels=labels.astype(np.int64),
+        ipc_index=ipc_index.astype(np.int64),
+        classes=CLASSES,
+        method="d3s",
+        teachers=["abc", "def"],
+        norm_mean=[0.5, 0.4, 0.3],
+        norm_std=[0.2, 0.25, 0.3],
+        hflip=True,
+        config={"iterations": 3, "lr": 0.1},
+        seed=7,
+        loss_curves={block: {"total": rng.random(3), "ce": rng.random(3)}},
         inputs={"shard": block, "stats": ["s.h5"]},
     )
     fields.update(overrides)
@@ -81,8 +96,18 @@ def assert_same_content(a, b) -> None:
             for key in keys:
                 assert np.array_equal(oa.attrs[key], ob.attrs[key]), (name, key, oa.attrs[key], ob.attrs[key])
             if isinstance(oa, h5py.Dataset):
-                for prop in ("shape", "dtype", "chunks", "compression", "compression_opts", "shuffle", "fletcher32",
-                             "scaleoffset", "fillvalue", "maxshape"):
+                for prop in (
+                    "shape",
+                    "dtype",
+                    "chunks",
+                    "compression",
+                    "compression_opts",
+                    "shuffle",
+                    "fletcher32",
+                    "scaleoffset",
+                    "fillvalue",
+                    "maxshape",
+                ):
                     assert getattr(oa, prop) == getattr(ob, prop), (name, prop)
                 assert np.array_equal(oa[()], ob[()]), name
 
@@ -116,15 +141,21 @@ def _merge_error(merge, *args) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("gap", "merge: no shard holds IPC index 2 of class 'n000' (10 of 20 slots missing; expected 4 images per class)"),
-    ("too-few-ipc", "merge: shards hold IPC index 3, expected 3 images per class"),
-    ("duplicate", "merge: IPC index 1 of class 'n000' is in more than one shard"),
-    ("config", "has a different config than"),
-    ("teachers", "has a different teachers than"),
-    ("classes", "class"),
-    ("none", "merge: no shard files given"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "gap",
+            "merge: no shard holds IPC index 2 of class 'n000' (10 of 20 slots missing; expected 4 images per class)",
+        ),
+        ("too-few-ipc", "merge: shards hold IPC index 3, expected 3 images per class"),
+        ("duplicate", "merge: IPC index 1 of class 'n000' is in more than one shard"),
+        ("config", "has a different config than"),
+        ("teachers", "has a different teachers than"),
+        ("classes", "class"),
+        ("none", "merge: no shard files given"),
+    ],
+)
 def test_merge_refuses_shards_that_do_not_form_one_set(shards, tmp_path, case, message):
     def with_odd_shard(**overrides):  # a fifth IPC index from another run
         return shards + [make_shard(tmp_path / "x.h5", (4, 5), (0, 5), np.random.default_rng(1), **overrides)], 5
@@ -147,7 +178,9 @@ def test_merge_names_shards_whose_images_differ_in_shape(shards, tmp_path):
     rng = np.random.default_rng(1)
     other = make_shard(tmp_path / "x.h5", (4, 5), (0, 5), rng, images=np.zeros((5, 8, 8, 3), np.uint8))
     message = _merge_error(merge_synthetic_to, tmp_path / "m.h5", shards + [other], 5)
-    assert f"merge: {other} holds uint8 images of shape (8, 8, 3), {shards[0]} uint8 images of shape (6, 6, 3)" in message
+    assert (
+        f"merge: {other} holds uint8 images of shape (8, 8, 3), {shards[0]} uint8 images of shape (6, 6, 3)" in message
+    )
     assert not (tmp_path / "m.h5").exists()
 
 
@@ -212,13 +245,14 @@ def reference_grid(path, max_classes: int, max_ipc: int) -> np.ndarray:
     grid = np.full((classes * (h + 1), ipc * (w + 1), c), 255, dtype=np.uint8)
     for img, label, i in zip(s.images, s.labels, s.ipc_index):
         if label < classes and i < ipc:
-            grid[label * (h + 1):label * (h + 1) + h, i * (w + 1):i * (w + 1) + w] = img
+            grid[label * (h + 1) : label * (h + 1) + h, i * (w + 1) : i * (w + 1) + w] = img
     return grid
 
 
 @pytest.mark.parametrize("max_classes,max_ipc", [(3, 2), (20, 10)])
-def test_plot_images_draws_the_same_grid_reading_only_the_drawn_rows(tmp_path, monkeypatch, image_reads,
-                                                                     max_classes, max_ipc):
+def test_plot_images_draws_the_same_grid_reading_only_the_drawn_rows(
+    tmp_path, monkeypatch, image_reads, max_classes, max_ipc
+):
     rng = np.random.default_rng(2)
     path = make_shard(tmp_path / "set.h5", (0, 4), (0, 5), rng, shuffle=True)  # rows out of order: reads must sort
     expected = reference_grid(path, max_classes, max_ipc)

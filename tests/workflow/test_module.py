@@ -49,8 +49,9 @@ def _deploy(where: Path, config: dict) -> Path:
 
 
 def _dry_run(where: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=where, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=where, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", str(REPO / "tests/slurm/profile")]], ids=["local", "slurm"])

@@ -37,11 +37,17 @@ def hub_config(data) -> dict:
     config.update(
         dataset="blobs",
         datasets={"blobs": {"source": "hdf5", "path": str(data), "hflip": False, "mean": [0.5] * 3, "std": [0.5] * 3}},
-        teachers={"archs": [], "pretrained": [
-            {"name": "tr", "checkpoint": f"timm:{MODEL}"},  # arch: the model name
-            {"name": "tr_again", "arch": MODEL, "checkpoint": f"timm:{MODEL}"},  # the same weights: one fetch
-        ]},
-        methods=["d3s", "random"], labels=["soft"], ipcs=[1], eval_seeds=[0],
+        teachers={
+            "archs": [],
+            "pretrained": [
+                {"name": "tr", "checkpoint": f"timm:{MODEL}"},  # arch: the model name
+                {"name": "tr_again", "arch": MODEL, "checkpoint": f"timm:{MODEL}"},  # the same weights: one fetch
+            ],
+        },
+        methods=["d3s", "random"],
+        labels=["soft"],
+        ipcs=[1],
+        eval_seeds=[0],
     )
     return config
 

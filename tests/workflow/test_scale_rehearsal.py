@@ -23,29 +23,64 @@ from d3s.artifacts import read_classes
 from tests.imagenet_like import CIFAR, make_imagenet_like
 from tests.workflow.test_workflow import planned_jobs, snakemake
 
-pytestmark = [pytest.mark.workflow,  # the folder is made from ../shared's CIFAR-10 copy (CI has it: never skipped there)
-              pytest.mark.skipif(not CIFAR.exists() and not os.environ.get("CI"), reason="needs ../shared/datasets")]
+pytestmark = [
+    pytest.mark.workflow,  # the folder is made from ../shared's CIFAR-10 copy (CI has it: never skipped there)
+    pytest.mark.skipif(not CIFAR.exists() and not os.environ.get("CI"), reason="needs ../shared/datasets"),
+]
 
 CLASSES = 1000
 SIZE, EVAL_RESIZE = 32, 36
-RULES = {"pack_index", "pack_part", "pack_merge", "dataset_info", "import_teacher", "extract_stats", "distill_shard",
-         "merge_shards", "select_real", "relabel", "evaluate_student", "summarize", "plot_accuracy", "plot_losses",
-         "plot_images"}
+RULES = {
+    "pack_index",
+    "pack_part",
+    "pack_merge",
+    "dataset_info",
+    "import_teacher",
+    "extract_stats",
+    "distill_shard",
+    "merge_shards",
+    "select_real",
+    "relabel",
+    "evaluate_student",
+    "summarize",
+    "plot_accuracy",
+    "plot_losses",
+    "plot_images",
+}
 
 
 def rehearsal_config(data) -> dict:
     return {
         "dataset": "inet",
-        "datasets": {"inet": {
-            "source": "imagefolder", "root": str(data.root), "train_dir": "train", "val_dir": "val",
-            "val_labels": str(data.val_labels), "class_list": str(data.class_list),
-            "image_size": SIZE, "eval_resize": EVAL_RESIZE, "pack": True, "num_classes": CLASSES,
-            "crop_scale": [0.5, 1.0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        }},
+        "datasets": {
+            "inet": {
+                "source": "imagefolder",
+                "root": str(data.root),
+                "train_dir": "train",
+                "val_dir": "val",
+                "val_labels": str(data.val_labels),
+                "class_list": str(data.class_list),
+                "image_size": SIZE,
+                "eval_resize": EVAL_RESIZE,
+                "pack": True,
+                "num_classes": CLASSES,
+                "crop_scale": [0.5, 1.0],
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+            }
+        },
         "prepare": {"parts": 2, "threads": 2},
-        "teachers": {"archs": [], "pretrained": [
-            {"name": "rn18", "arch": "resnet18", "checkpoint": "resources/rn18.safetensors",
-             "class_list": str(data.class_list)}]},
+        "teachers": {
+            "archs": [],
+            "pretrained": [
+                {
+                    "name": "rn18",
+                    "arch": "resnet18",
+                    "checkpoint": "resources/rn18.safetensors",
+                    "class_list": str(data.class_list),
+                }
+            ],
+        },
         "methods": ["d3s", "sre2l", "random"],
         "labels": ["soft"],
         "ipcs": [1],
@@ -101,15 +136,20 @@ def test_the_imagenet_shaped_dag_runs_end_to_end_by_config(rehearsal):
     rows = (work / "results/inet/summary.tsv").read_text().splitlines()
     header = rows[0].split("\t")
     table = [dict(zip(header, r.split("\t"))) for r in rows[1:]]
-    assert [(r["method"], r["ipc"], r["labels"]) for r in table] == [("d3s", "1", "soft"), ("sre2l", "1", "soft"),
-                                                                     ("random", "1", "soft")]
+    assert [(r["method"], r["ipc"], r["labels"]) for r in table] == [
+        ("d3s", "1", "soft"),
+        ("sre2l", "1", "soft"),
+        ("random", "1", "soft"),
+    ]
     for method in ("d3s", "sre2l", "random"):
         with h5py.File(work / f"results/inet/{method}/ipc1/default/images.h5") as f:
             assert f["images"].shape == (CLASSES, SIZE, SIZE, 3)
             assert sorted(f["labels"][()].tolist()) == list(range(CLASSES))
         with h5py.File(work / f"results/inet/{method}/ipc1/default/default/labels.h5") as f:
             assert f.attrs["top_k"] == 10
-        result = json.loads((work / f"results/inet/{method}/ipc1/default/default/default/convnet3_w32-s0.json").read_text())
+        result = json.loads(
+            (work / f"results/inet/{method}/ipc1/default/default/default/convnet3_w32-s0.json").read_text()
+        )
         assert result["n_test"] == CLASSES
         assert result["protocol"]["eval_resize"] == EVAL_RESIZE
     # the class-block shards ran (two blocks of 500 classes per synthesising method) and were temporary
@@ -133,7 +173,9 @@ def test_later_stages_read_the_packed_file_not_the_folder(rehearsal):
             assert str(data.root / "train") not in log.read_text()
     shell = (work / ".snakemake").rglob("*.log")
     commands = "\n".join(p.read_text() for p in shell)
-    stage_commands = [line for line in commands.splitlines() if re.search(r"d3s (extract-stats|distill|evaluate) ", line)]
+    stage_commands = [
+        line for line in commands.splitlines() if re.search(r"d3s (extract-stats|distill|evaluate) ", line)
+    ]
     assert stage_commands and all('"source": "hdf5"' in c and "packed/inet/data.h5" in c for c in stage_commands)
 
 
@@ -150,10 +192,15 @@ def test_every_job_peaks_under_the_memory_it_asked_for(rehearsal):
         report.append((name, peak_rss_mb(tsv), requests[name]))
     print("\n".join(f"{n}: peak RSS {rss:.0f} MB of {req} MB asked" for n, rss, req in report))
     over = [(n, rss, req) for n, rss, req in report if rss > req]
-    assert not over, "jobs above their mem_mb request (MB): " + ", ".join(f"{n} {rss:.0f} > {req}" for n, rss, req in over)
+    assert not over, "jobs above their mem_mb request (MB): " + ", ".join(
+        f"{n} {rss:.0f} > {req}" for n, rss, req in over
+    )
     # the benchmark measured the d3s process, not only its shell: the stages that import torch are > 400 MB
-    torch_jobs = [rss for n, rss, _ in report if n.split("/")[2] not in {"summarize", "merge_shards"}
-                  and not n.split("/")[2].startswith("plot_")]
+    torch_jobs = [
+        rss
+        for n, rss, _ in report
+        if n.split("/")[2] not in {"summarize", "merge_shards"} and not n.split("/")[2].startswith("plot_")
+    ]
     assert len(torch_jobs) == 18 and min(torch_jobs) > 400
 
 

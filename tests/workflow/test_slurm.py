@@ -40,8 +40,9 @@ ARRAY_RULES = {"distill_shard", "evaluate_student"}  # the profile's slurm-array
 @pytest.fixture(scope="module")
 def slurm_cluster():
     try:
-        proc = subprocess.run(["bash", str(REPO / "tests/slurm/start_local_slurm.sh")], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            ["bash", str(REPO / "tests/slurm/start_local_slurm.sh")], capture_output=True, text=True, timeout=300
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         proc = subprocess.CompletedProcess([], 99, "", str(e))
     if proc.returncode != 0:
@@ -54,8 +55,17 @@ def slurm_cluster():
 def _config(**changes) -> dict:
     config = yaml.safe_load(TINY.read_text())
     # device cpu: the jobs still get the profile's fake GPUs, and compute on the CPU on purpose
-    config.update({"device": "cpu", "methods": ["d3s", "random"], "labels": ["soft"], "ipcs": [2], "ipc_per_shard": 1,
-                   "eval_seeds": [0], **changes})
+    config.update(
+        {
+            "device": "cpu",
+            "methods": ["d3s", "random"],
+            "labels": ["soft"],
+            "ipcs": [2],
+            "ipc_per_shard": 1,
+            "eval_seeds": [0],
+            **changes,
+        }
+    )
     return config
 
 
@@ -71,8 +81,24 @@ def _slurm_snakemake(workdir: Path, *args: str, config: dict) -> subprocess.Pope
     """The SLURM run, started in the background (the caller runs a local reference meanwhile)."""
     cfg = workdir / "test-config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = ["timeout", "-k", "10", "1200", *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg), "--profile", str(PROFILE), "--workflow-profile", "none", *args]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        "1200",
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg),
+        "--profile",
+        str(PROFILE),
+        "--workflow-profile",
+        "none",
+        *args,
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -96,16 +122,27 @@ def _jobs(workdir: Path) -> dict[str, list[dict]]:
     """Rule (or "group") -> its SLURM jobs (array tasks one each), from the per-job logs and squeue
     (the test cluster keeps finished jobs in squeue for an hour, MinJobAge)."""
     by_log = _job_logs(workdir)
-    fields = subprocess.run(["squeue", "--states=all", "-h", "-O",
-                             "ArrayJobID:12,ArrayTaskID:8,JobID:10,NumCPUs:6,MinMemory:10,tres-per-job:24,State:14"],
-                            capture_output=True, text=True, timeout=60, check=True).stdout
+    fields = subprocess.run(
+        [
+            "squeue",
+            "--states=all",
+            "-h",
+            "-O",
+            "ArrayJobID:12,ArrayTaskID:8,JobID:10,NumCPUs:6,MinMemory:10,tres-per-job:24,State:14",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     jobs: dict[str, list[dict]] = {}
     for line in fields.splitlines():
         array_id, task, job_id, cpus, mem, tres, state = line.split()
         key = f"{array_id}_{task}" if task != "N/A" else job_id
         if key in by_log:
-            jobs.setdefault(by_log[key], []).append({"id": key, "cpus": int(cpus), "mem": mem, "tres": tres,
-                                                     "state": state})
+            jobs.setdefault(by_log[key], []).append(
+                {"id": key, "cpus": int(cpus), "mem": mem, "tres": tres, "state": state}
+            )
     return jobs
 
 
@@ -124,8 +161,15 @@ def test_workflow_runs_as_slurm_jobs_with_arrays_and_a_two_gpu_job(slurm_run):
     local, cluster, _, log = slurm_run
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     jobs = _jobs(cluster)
-    expected = {"dataset_info", "train_teacher", "extract_stats", "distill_shard", "select_real", "relabel",
-                "evaluate_student"}
+    expected = {
+        "dataset_info",
+        "train_teacher",
+        "extract_stats",
+        "distill_shard",
+        "select_real",
+        "relabel",
+        "evaluate_student",
+    }
     assert set(jobs) == expected, "every non-local rule, and only those, ran as SLURM jobs"
     assert not set(jobs) & LOCAL_RULES
     for rule, rule_jobs in jobs.items():
@@ -148,7 +192,10 @@ def test_workflow_runs_as_slurm_jobs_with_arrays_and_a_two_gpu_job(slurm_run):
     assert "Submitted array job" in log
     # The 2-GPU teacher job ran the multi-process launch: torchrun, one process per GPU
     teacher_job = next((cluster / "logs/slurm").rglob(f"{jobs['train_teacher'][0]['id']}.log")).read_text()
-    assert "exec env D3S_REQUESTED_GPUS=2 torchrun --standalone --nnodes 1 --nproc_per_node 2 -m d3s train-teacher" in teacher_job
+    assert (
+        "exec env D3S_REQUESTED_GPUS=2 torchrun --standalone --nnodes 1 --nproc_per_node 2 -m d3s train-teacher"
+        in teacher_job
+    )
     teacher_log = next((cluster / "logs/train_teacher").rglob("*.log")).read_text()
     assert "2 processes (gloo)" in teacher_log
     # ...and every number equals the local run's (same 2-process teacher, same 1-thread shards)
@@ -163,18 +210,33 @@ def test_grouped_students_rerun_as_one_job_after_an_evaluation_change(slurm_run)
     before = Counter(_job_logs(cluster).values())
     # CPU-sized: the students ask for no GPU (device: cpu) and one thread; a group job asks for the
     # sum of its members' CPUs and memory, so 2 students a job fit this 2-CPU node
-    proc = _slurm_snakemake(cluster, "--groups", "evaluate_student=students", "--group-components", "students=2",
-                            "--set-resources", "evaluate_student:gpu=0", "--set-threads", "evaluate_student=1",
-                            config=config)
-    snakemake(local, "--set-resources", "train_teacher:gpu=2", "--set-threads", "distill_shard=1",
-              "evaluate_student=1", config=config)
+    proc = _slurm_snakemake(
+        cluster,
+        "--groups",
+        "evaluate_student=students",
+        "--group-components",
+        "students=2",
+        "--set-resources",
+        "evaluate_student:gpu=0",
+        "--set-threads",
+        "evaluate_student=1",
+        config=config,
+    )
+    snakemake(
+        local,
+        "--set-resources",
+        "train_teacher:gpu=2",
+        "--set-threads",
+        "distill_shard=1",
+        "evaluate_student=1",
+        config=config,
+    )
     _finish(proc)
     assert Counter(_job_logs(cluster).values()) - Counter(group=2) == before  # two group jobs, nothing else
     groups = _jobs(cluster)["group"]
     assert len(groups) == 2 and all(job["state"] == "COMPLETED" and job["cpus"] == 2 for job in groups), groups
     results = _results(cluster)
-    assert len(results) == 4 and all(json.loads((cluster / p).read_text())["protocol"]["epochs"] == 31
-                                     for p in results)
+    assert len(results) == 4 and all(json.loads((cluster / p).read_text())["protocol"]["epochs"] == 31 for p in results)
     assert results == _results(local)
 
 
@@ -183,17 +245,52 @@ def test_a_job_given_a_gpu_torch_cannot_see_stops_with_a_clear_error(slurm_clust
     in a job step (srun: SLURM's GPU variables) and in an array task, which the executor plugin
     runs without srun after removing every SLURM_* variable but the job and array ids: there the
     rule's D3S_REQUESTED_GPUS (rules/common.smk, d3s_launcher) says a GPU was asked for."""
-    d3s = [sys.executable, "-m", "d3s", "train-teacher", "--data", "{source: digits}", "--arch", "convnet3_w32",
-           "--epochs", "1", "--device", "auto"]
-    step = subprocess.run(["srun", "--gpus=1", "-c", "1", "--mem", "1000", "-t", "5", *d3s, "--out", "step.h5"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    d3s = [
+        sys.executable,
+        "-m",
+        "d3s",
+        "train-teacher",
+        "--data",
+        "{source: digits}",
+        "--arch",
+        "convnet3_w32",
+        "--epochs",
+        "1",
+        "--device",
+        "auto",
+    ]
+    step = subprocess.run(
+        ["srun", "--gpus=1", "-c", "1", "--mem", "1000", "-t", "5", *d3s, "--out", "step.h5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert step.returncode != 0
     assert "this job was given GPUs (SLURM_STEP_GPUS=0" in step.stderr and "device: cpu" in step.stderr, step.stderr
     strip = "for v in $(env | grep -o '^SLURM_[A-Z_]*' | grep -vE '^SLURM_(JOB_?ID|ARRAY_[A-Z_]*)$'); do unset $v; done"
     wrap = f"{strip}; exec env D3S_REQUESTED_GPUS=1 {shlex.join(d3s)} --out task.h5"
-    task = subprocess.run(["sbatch", "--wait", "--array=1-1", "--gpus=1", "-c", "1", "--mem", "1000", "-t", "5",
-                           "-o", "task.log", f"--wrap={wrap}"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    task = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            "--array=1-1",
+            "--gpus=1",
+            "-c",
+            "1",
+            "--mem",
+            "1000",
+            "-t",
+            "5",
+            "-o",
+            "task.log",
+            f"--wrap={wrap}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     log = (tmp_path / "task.log").read_text()
     assert task.returncode != 0 and "asked for them: D3S_REQUESTED_GPUS=1" in log, log
     assert not (tmp_path / "step.h5").exists() and not (tmp_path / "task.h5").exists()
@@ -205,10 +302,28 @@ STEP_SECONDS_AT_LEAST = 95  # distillation work that one 2-minute attempt cannot
 
 def _seconds_per_step(workdir: Path) -> float:
     """Measured here, so that the interrupted job's length does not depend on this machine's speed."""
-    args = [sys.executable, "-m", "d3s", "distill", "--teacher", "results/digits/teachers/convnet3_w32-s0.h5",
-            "--stats", "results/digits/stats/convnet3_w32-s0.h5", "--shard", "i0-2_call", "--data",
-            "{source: digits, hflip: false, crop_scale: [0.7, 1.0], val_per_class: 5}", "--seed", "0",
-            "--device", "cpu", "--threads", "1", "--out", str(workdir / "probe.h5")]
+    args = [
+        sys.executable,
+        "-m",
+        "d3s",
+        "distill",
+        "--teacher",
+        "results/digits/teachers/convnet3_w32-s0.h5",
+        "--stats",
+        "results/digits/stats/convnet3_w32-s0.h5",
+        "--shard",
+        "i0-2_call",
+        "--data",
+        "{source: digits, hflip: false, crop_scale: [0.7, 1.0], val_per_class: 5}",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        str(workdir / "probe.h5"),
+    ]
     times = []
     for steps in (20, 220):
         start = time.perf_counter()

@@ -16,9 +16,14 @@ pytestmark = pytest.mark.workflow
 
 def sweep_config() -> dict:
     config = yaml.safe_load(TINY.read_text())
-    config.update(methods=["d3s", "random", "kcenter"], labels=["soft"], ipcs=[1], eval_seeds=[0],
-                  # a second architecture: the students below are chosen by the first one's validation accuracy
-                  students=["convnet3_w32", "convnet3_w32_in"])
+    config.update(
+        methods=["d3s", "random", "kcenter"],
+        labels=["soft"],
+        ipcs=[1],
+        eval_seeds=[0],
+        # a second architecture: the students below are chosen by the first one's validation accuracy
+        students=["convnet3_w32", "convnet3_w32_in"],
+    )
     config["sweep"] = {
         "d3s": {"distill": {"init": ["noise", "herding"]}},  # starting from the herding coreset is a variant
         "random": {"relabel": {"epochs": [30, 20]}},  # variants of the labels share the selected images
@@ -48,8 +53,10 @@ def test_each_variant_is_a_job_and_shares_what_it_does_not_change(swept):
     assert {p.parent.name for p in root.glob("d3s/ipc1/*/images.h5")} == {"default", "init=herding"}
     assert [p.parent.name for p in root.glob("random/ipc1/*/images.h5")] == ["default"]
     assert {p.parent.name for p in root.glob("random/ipc1/default/*/labels.h5")} == {"default", "epochs=20"}
-    assert {p.parent.name for p in root.glob("kcenter/ipc1/default/default/*/convnet3_w32-s0.json")} == {"default",
-                                                                                                     "lr=0.003"}
+    assert {p.parent.name for p in root.glob("kcenter/ipc1/default/default/*/convnet3_w32-s0.json")} == {
+        "default",
+        "lr=0.003",
+    }
     # the herding start is the herding coreset's images (written by its own select_real job)
     with h5py.File(root / "d3s/ipc1/init=herding/images.h5") as f:
         assert json.loads(f.attrs["config"])["init"] == "herding"
@@ -83,9 +90,15 @@ def test_the_summary_reports_the_variant_best_on_validation(swept):
 
 def test_adding_a_variant_runs_only_its_jobs(swept):
     workdir, config = swept
-    changed = {**config, "sweep": {**config["sweep"], "kcenter": {"evaluate": {"lr": [0.001, 0.003, 0.01]}},
-                                   "random": {"relabel": {"epochs": [30, 20, 10]}},
-                                   "d3s": {"distill": {"init": ["noise", "herding", "real"]}}}}
+    changed = {
+        **config,
+        "sweep": {
+            **config["sweep"],
+            "kcenter": {"evaluate": {"lr": [0.001, 0.003, 0.01]}},
+            "random": {"relabel": {"epochs": [30, 20, 10]}},
+            "d3s": {"distill": {"init": ["noise", "herding", "real"]}},
+        },
+    }
     jobs = planned_jobs(workdir, changed)
     # one new distilled set (+ its labels, students), one new label file (+ students), two new kcenter students
     assert jobs["distill_shard"] == 1 and jobs["merge_shards"] == 1 and jobs["relabel"] == 2
@@ -97,14 +110,23 @@ def test_a_swept_batch_size_sizes_its_own_jobs(swept):
     batch's activations are host memory)."""
     workdir, config = swept
     big, small = 4096, 64
-    changed = {**config, "sweep": {**config["sweep"], "kcenter": {"evaluate": {"batch_size": [small, big]}},
-                                   "random": {"relabel": {"batch_size": [small, big]}}}}
+    changed = {
+        **config,
+        "sweep": {
+            **config["sweep"],
+            "kcenter": {"evaluate": {"batch_size": [small, big]}},
+            "random": {"relabel": {"batch_size": [small, big]}},
+        },
+    }
     asked = job_requests(snakemake(workdir, "-n", config=changed).stdout)
 
     def request(rule, method, variant):
         # a variant is a folder of the benchmark path (evaluate_student) or its file name (relabel)
-        hits = [mb for bench, mb in asked.items()
-                if bench.startswith(f"logs/bench/{rule}/digits/{method}/") and f"/{variant}/" in bench.replace(".tsv", "/")]
+        hits = [
+            mb
+            for bench, mb in asked.items()
+            if bench.startswith(f"logs/bench/{rule}/digits/{method}/") and f"/{variant}/" in bench.replace(".tsv", "/")
+        ]
         assert len(hits) >= 1, (rule, variant, sorted(asked))
         return max(hits)
 
@@ -113,7 +135,9 @@ def test_a_swept_batch_size_sizes_its_own_jobs(swept):
     per_image_mb = side * side * 3 * 4 * 64 / 2**20  # CPU_ACTIVATION_FACTOR x an fp32 image
     # evaluate's test pass batches 512 images whatever the training batch; relabel has none
     # kcenter's students sweep the evaluate batch (their ev folder); random's labels the relabel one (rv)
-    assert request("evaluate_student", "kcenter", f"batch_size={big}") \
-        - request("evaluate_student", "kcenter", f"batch_size={small}") >= int((big - 512) * per_image_mb)
-    assert request("relabel", "random", f"batch_size={big}") - request("relabel", "random", f"batch_size={small}") \
-        >= int((big - small) * per_image_mb)
+    assert request("evaluate_student", "kcenter", f"batch_size={big}") - request(
+        "evaluate_student", "kcenter", f"batch_size={small}"
+    ) >= int((big - 512) * per_image_mb)
+    assert request("relabel", "random", f"batch_size={big}") - request(
+        "relabel", "random", f"batch_size={small}"
+    ) >= int((big - small) * per_image_mb)

@@ -21,8 +21,18 @@ from d3s import sweep
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "workflow" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-STAGES = ["dataset_info", "train_teacher", "extract_stats", "distill_shard", "merge_shards", "select_real", "relabel",
-          "evaluate_student", "evaluate_full", "summarize"]
+STAGES = [
+    "dataset_info",
+    "train_teacher",
+    "extract_stats",
+    "distill_shard",
+    "merge_shards",
+    "select_real",
+    "relabel",
+    "evaluate_student",
+    "evaluate_full",
+    "summarize",
+]
 
 pytestmark = pytest.mark.workflow
 
@@ -88,7 +98,10 @@ def test_whole_dag_runs_and_summarises(finished_run):
             for seed in (0, 1):
                 soft = json.loads((folder / f"default/default/convnet3_w32-s{seed}.json").read_text())
                 hard = json.loads((folder / f"hard/default/convnet3_w32-s{seed}.json").read_text())
-                assert soft["method"] == hard["method"] == method and soft["protocol"]["epochs"] == config["evaluate"]["epochs"]
+                assert (
+                    soft["method"] == hard["method"] == method
+                    and soft["protocol"]["epochs"] == config["evaluate"]["epochs"]
+                )
                 assert (soft["protocol"]["label_mode"], hard["protocol"]["label_mode"]) == ("soft", "hard")
                 assert hard["protocol"]["label_epochs"] is None  # a hard-label student reads no labels.h5
                 # every student is also tested on the validation split: 5 held-out images per class
@@ -174,8 +187,17 @@ def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
     proc = snakemake(workdir, "-n", "-p", config=changed)
     out = proc.stdout + proc.stderr
     # IPC 2 runs as two shards of one IPC each; IPC 1 is untouched
-    assert planned_jobs_from(out) == {"distill_shard": 2, "merge_shards": 1, "relabel": 1, "evaluate_student": 4,
-                                      "summarize": 1, "plot_accuracy": 1, "plot_losses": 1, "plot_images": 1, "all": 1}
+    assert planned_jobs_from(out) == {
+        "distill_shard": 2,
+        "merge_shards": 1,
+        "relabel": 1,
+        "evaluate_student": 4,
+        "summarize": 1,
+        "plot_accuracy": 1,
+        "plot_losses": 1,
+        "plot_images": 1,
+        "all": 1,
+    }
     commands = [line for line in out.splitlines() if "d3s distill" in line]
     assert len(commands) == 2
     assert all("--iterations 21" in c and "--lr 0.05" in c and "/ipc2/" in c for c in commands)
@@ -217,8 +239,14 @@ def test_changing_the_teacher_reruns_everything(finished_run):
         ({"sweep": {"d3s": {"distill": {"lr": 0.1}}}}, "0.1 is not of type 'array'"),
         ({"sweep": {"d3s": {"distill": {"lr": [0.1, 0.2]}}}}, "at IPC 1 the methods have different budgets (d3s 2"),
         ({"sweep": {"d3s": {"by_ipc": {5: {"distill": {"lr": [0.1]}}}}}}, "sweep.d3s.by_ipc.5: IPC 5 is not in"),
-        ({"datasets": {"digits": {"source": "digits"}}, "methods": ["d3s"], "sweep": {"d3s": {"distill": {"lr": [0.1, 0.2]}}}},
-         "val_per_class is 0; set it"),
+        (
+            {
+                "datasets": {"digits": {"source": "digits"}},
+                "methods": ["d3s"],
+                "sweep": {"d3s": {"distill": {"lr": [0.1, 0.2]}}},
+            },
+            "val_per_class is 0; set it",
+        ),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(tmp_path, patch, message):
@@ -241,9 +269,12 @@ def _local_rules(*configfiles: Path) -> set[str]:
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
     with SnakemakeApi(OutputSettings()) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile",
-                                config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml", *configfiles]),
-                                workdir=REPO)
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            snakefile=REPO / "Snakefile",
+            config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml", *configfiles]),
+            workdir=REPO,
+        )
         return set(workflow._workflow._localrules)
 
 
@@ -256,10 +287,13 @@ def test_cheap_rules_are_local_and_a_huge_merge_is_a_job():
 
 
 def test_workflow_is_lint_clean_and_formatted():
-    lint = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True)
+    lint = subprocess.run(
+        [*SNAKEMAKE, "--lint", "-s", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
-                         capture_output=True, text=True)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
@@ -291,17 +325,23 @@ def test_every_preset_plans_its_dag(tmp_path, preset):
     grid = config.get("sweep", {})
 
     def points(method, ipc, sections):  # grid points over these sections (the others shared)
-        return math.prod(len(v) for (section, _), v in sweep.method_grid(grid, method, ipc).items()
-                         if section in sections)
+        return math.prod(
+            len(v) for (section, _), v in sweep.method_grid(grid, method, ipc).items() if section in sections
+        )
 
     synthesising = [m for m in methods if m in ("d3s", "sre2l")]
-    assert jobs["distill_shard"] == blocks * sum(n * points(m, ipc, ("distill",)) for m in synthesising
-                                                 for n, ipc in zip(per_ipc, config["ipcs"]))
+    assert jobs["distill_shard"] == blocks * sum(
+        n * points(m, ipc, ("distill",)) for m in synthesising for n, ipc in zip(per_ipc, config["ipcs"])
+    )
     per_student = len(config["students"]) * len(config["eval_seeds"])
     modes = config.get("labels", ["soft", "hard"])
-    expected = sum(points(m, ipc, ("distill", "relabel", "evaluate")) * ("soft" in modes)
-                   + points(m, ipc, ("distill", "evaluate")) * ("hard" in modes)
-                   for m in methods if m != "full" for ipc in config["ipcs"])
+    expected = sum(
+        points(m, ipc, ("distill", "relabel", "evaluate")) * ("soft" in modes)
+        + points(m, ipc, ("distill", "evaluate")) * ("hard" in modes)
+        for m in methods
+        if m != "full"
+        for ipc in config["ipcs"]
+    )
     assert jobs["evaluate_student"] == expected * per_student
     if preset.stem == "imagenet21k":
         assert jobs["distill_shard"] == 220 and seconds < 30

@@ -605,12 +605,14 @@ def _student_options(fn):
     return fn
 
 
-def _each_seed(seeds, outs, checkpoints):
-    """(seed, out, checkpoint plan) of each student a command trains: with several seeds, a checkpoint folder each."""
+def _train_students(run, seeds, outs, checkpoints, device, threads, meta: dict) -> None:
+    """Call `run(seed, out, device, threads, meta=, checkpoints=)` for each student a command trains, one after
+    another; with several seeds each gets a checkpoint folder of its own."""
     if len(seeds) != len(outs):
         raise D3SError(f"{len(seeds)} --seed but {len(outs)} --out: give one result file per seed")
     for seed, out in zip(seeds, outs):
-        yield seed, out, (checkpoints.for_seed(seed) if len(seeds) > 1 else checkpoints)
+        plan = checkpoints.for_seed(seed) if len(seeds) > 1 else checkpoints
+        run(seed, out, device, threads, meta=meta, checkpoints=plan)
 
 
 @main.command("evaluate")
@@ -627,22 +629,11 @@ def evaluate_cmd(images, labels, data, student, seeds, dataset_name, variant, ou
     from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate
 
-    spec, params, synthetic = DatasetSpec.parse(data), _take(EvalParams, kw), load_synthetic(images)
-    for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
-        run_evaluate(
-            synthetic,
-            images,
-            labels,
-            spec,
-            student,
-            params,
-            seed,
-            out,
-            device,
-            threads,
-            meta={"dataset": dataset_name or spec.name, "variant": variant},
-            checkpoints=seed_checkpoints,
-        )
+    spec, params = DatasetSpec.parse(data), _take(EvalParams, kw)
+    run = functools.partial(run_evaluate, load_synthetic(images), images, labels, spec, student, params)
+    _train_students(
+        run, seeds, outs, checkpoints, device, threads, {"dataset": dataset_name or spec.name, "variant": variant}
+    )
 
 
 @main.command("evaluate-full")
@@ -668,20 +659,11 @@ def evaluate_full_cmd(data, teachers, student, seeds, dataset_name, variant, out
     from .dataset_spec import DatasetSpec
     from .evaluate import run_evaluate_full
 
-    spec, params, loaded = DatasetSpec.parse(data), _take(EvalParams, kw), load_teachers(list(teachers), device)
-    for seed, out, seed_checkpoints in _each_seed(seeds, outs, checkpoints):
-        run_evaluate_full(
-            loaded,
-            spec,
-            student,
-            params,
-            seed,
-            out,
-            device,
-            threads,
-            meta={"dataset": dataset_name or spec.name, "variant": variant},
-            checkpoints=seed_checkpoints,
-        )
+    spec, params = DatasetSpec.parse(data), _take(EvalParams, kw)
+    run = functools.partial(run_evaluate_full, load_teachers(list(teachers), device), spec, student, params)
+    _train_students(
+        run, seeds, outs, checkpoints, device, threads, {"dataset": dataset_name or spec.name, "variant": variant}
+    )
 
 
 @main.command("summarize")

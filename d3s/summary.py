@@ -15,7 +15,6 @@ Li et al. 2025), in percentage points:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -29,6 +28,7 @@ from .artifacts.teacher import read_teacher_header
 from .errors import D3SError
 from .hparams import RelabelParams
 from .methods import method_names
+from .settings import without_defaults
 
 LABEL_ORDER = ["soft", "hard"]
 COLUMNS = [
@@ -95,8 +95,7 @@ def protocol_hash(result: dict) -> str:
         protocol["eval_resize"] = result["protocol"]["eval_resize"]
     if protocol["relabel"]:
         # a setting at its default is what a result made before the setting existed did too
-        defaults = {f.name: f.default for f in dataclasses.fields(RelabelParams)}
-        protocol["relabel"] = {k: v for k, v in protocol["relabel"].items() if k not in defaults or v != defaults[k]}
+        protocol["relabel"] = without_defaults(RelabelParams, protocol["relabel"])
     blob = json.dumps(protocol, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -171,6 +171,20 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     assert jobs == {"evaluate_student": 24, "evaluate_full": 4, "summarize": 1, "plot_accuracy": 1, "all": 1}
 
 
+def test_seeds_in_one_job_plans_one_job_per_student_with_every_seeds_output(finished_run):
+    """seeds_in_one_job (the embedded default's): the same result files, a job per student instead of per seed."""
+    workdir, config = finished_run
+    batched = {**config, "seeds_in_one_job": True}
+    proc = snakemake(workdir, "-n", "-p", "--forceall", config=batched)
+    out = proc.stdout + proc.stderr
+    jobs = planned_jobs_from(out)
+    seeds = len(config["eval_seeds"])
+    assert jobs["evaluate_student"] == 24 // seeds and jobs["evaluate_full"] == 4 // seeds
+    command = next(line for line in out.splitlines() if " evaluate --images" in line)
+    assert command.count("--seed ") == seeds and command.count("--out ") == seeds
+    assert "convnet3_w32-s0.json" in command and "convnet3_w32-s1.json" in command
+
+
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     workdir, config = finished_run
     changed = {**config, "distill": {**config["distill"], "iterations": 21}}

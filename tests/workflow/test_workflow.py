@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from snakemake.utils import validate
 
 from d3s import sweep
+from d3s.methods import get_method
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "workflow" / "config.yaml"
@@ -332,28 +334,28 @@ def test_every_preset_plans_its_dag(tmp_path, preset):
     proc = snakemake(tmp_path, "-n", "--configfile", str(preset))
     seconds = time.perf_counter() - t0
     jobs = planned_jobs_from(proc.stdout + proc.stderr)
+    validate(config, str(REPO / "config" / "schema" / "config.schema.yaml"))  # the defaults a preset leaves out
     n_classes = config["datasets"][config["dataset"]].get("num_classes")
     per_ipc = [-(-ipc // config["ipc_per_shard"]) for ipc in config["ipcs"]]
     blocks = -(-n_classes // config["classes_per_shard"]) if config.get("classes_per_shard") else 1
-    methods = config.get("methods", ["d3s"])
-    grid = config.get("sweep", {})
+    methods, grid = config["methods"], config["sweep"]
 
     def points(method, ipc, sections):  # grid points over these sections (the others shared)
         return math.prod(
             len(v) for (section, _), v in sweep.method_grid(grid, method, ipc).items() if section in sections
         )
 
-    synthesising = [m for m in methods if m in ("d3s", "sre2l")]
+    synthesising = [m for m in methods if get_method(m).synthesises]
     assert jobs["distill_shard"] == blocks * sum(
         n * points(m, ipc, ("distill",)) for m in synthesising for n, ipc in zip(per_ipc, config["ipcs"])
     )
     per_student = len(config["students"]) * len(config["eval_seeds"])
-    modes = config.get("labels", ["soft", "hard"])
+    modes = config["labels"]
     expected = sum(
         points(m, ipc, ("distill", "relabel", "evaluate")) * ("soft" in modes)
         + points(m, ipc, ("distill", "evaluate")) * ("hard" in modes)
         for m in methods
-        if m != "full"
+        if get_method(m).per_ipc
         for ipc in config["ipcs"]
     )
     assert jobs["evaluate_student"] == expected * per_student

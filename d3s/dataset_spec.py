@@ -1,8 +1,8 @@
 """What the config says about one dataset: its keys, declared once, and their parsing and checks.
 
 Each key of a dataset entry is a field of `DatasetSpec`, declared with `hparams.hparam`: type,
-default, description and bounds. `dataset_schema()` renders them as the config schema's
-`$defs/dataset`, so the spec the stages parse and the schema the workflow validates with cannot
+default, description and bounds. `d3s.settings.dataset_schema()` renders them as the config
+schema's `$defs/dataset`, so the spec the stages parse and the schema the workflow validates with cannot
 drift apart. A field whose default is None has no default in the schema (the stages treat
 "unset" specially: native size, computed normalisation, ...); a field without a default is
 required. `name` is not a key of the entry: it is the entry's key in `datasets`.
@@ -13,8 +13,6 @@ Torch-free, so the command line and the workflow can parse and check specs witho
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
@@ -164,45 +162,3 @@ class DatasetSpec:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
-
-
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_BOUND_KEYWORDS = {
-    "minimum": "minimum",
-    "exclusive_minimum": "exclusiveMinimum",
-    "maximum": "maximum",
-    "exclusive_maximum": "exclusiveMaximum",
-}
-
-
-def _json_type(annotation) -> dict[str, Any]:
-    """JSON Schema type keywords of a field annotation: `X | None` is X (None means unset, the key left out)."""
-    if isinstance(annotation, types.UnionType):
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is tuple:
-        return {"type": "array", "items": {"type": _JSON_TYPES[typing.get_args(annotation)[0]]}}
-    return {"type": _JSON_TYPES[annotation]}
-
-
-def dataset_schema() -> dict[str, Any]:
-    """The config schema's `$defs/dataset`, rendered from `DatasetSpec`'s fields.
-
-    A field with choices is an enum (no type); bounds become JSON Schema keywords; `schema`
-    keywords are added last; None as default is no default; no default makes the key required.
-    """
-    hints = typing.get_type_hints(DatasetSpec)
-    properties, required = {}, []
-    for f in dataclasses.fields(DatasetSpec):
-        if "help" not in f.metadata:  # name: the entry's key in `datasets`, not a key of the entry
-            continue
-        choices = f.metadata["choices"]
-        prop = {"enum": list(choices)} if choices else _json_type(hints[f.name])
-        prop |= {_BOUND_KEYWORDS[k]: v for k, v in f.metadata["bounds"].items()}
-        prop |= f.metadata["schema"]
-        if f.default is MISSING:
-            required.append(f.name)
-        elif f.default is not None:
-            prop["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
-        prop["description"] = f.metadata["help"]
-        properties[f.name] = prop
-    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}

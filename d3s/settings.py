@@ -46,11 +46,14 @@ BOUND_KEYWORDS = {
 }
 
 
-def _plain_type(annotation: Any) -> Any:
-    """`int | None` -> int; `str` -> str; `tuple[float, float]` -> tuple."""
+def _type_keywords(annotation: Any) -> dict[str, Any]:
+    """JSON Schema type keywords of a field annotation: `X | None` is X (None: unset, the key left out);
+    `tuple[float, ...]` an array of numbers."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return typing.get_origin(annotation) or annotation
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return {"type": "array", "items": {"type": JSON_TYPES[typing.get_args(annotation)[0]]}}
+    return {"type": JSON_TYPES[annotation]} if annotation in JSON_TYPES else {}
 
 
 def field_schemas(cls: type, fields: list[dataclasses.Field]) -> dict[str, dict[str, Any]]:
@@ -60,12 +63,9 @@ def field_schemas(cls: type, fields: list[dataclasses.Field]) -> dict[str, dict[
 
 
 def field_schema(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
-    """One setting as a JSON Schema property: type, enum, default, description, bounds (+ extra keywords)."""
+    """One setting as a JSON Schema property: type, enum, default (None: none), description, bounds, extras."""
     meta = field.metadata
-    kind = _plain_type(annotation)
-    prop: dict[str, Any] = {}
-    if kind in JSON_TYPES:
-        prop["type"] = JSON_TYPES[kind]
+    prop = _type_keywords(annotation)
     if meta.get("choices"):
         prop["enum"] = list(meta["choices"])
     if field.default is not None and field.default is not dataclasses.MISSING:
@@ -92,10 +92,24 @@ def section_schema(cls: type) -> dict[str, Any]:
     }
 
 
+def dataset_schema() -> dict[str, Any]:
+    """`$defs/dataset`: a dataset entry's keys from DatasetSpec (a key without a default is required; `name`,
+    the entry's key in `datasets`, has no help and is not one)."""
+    from .dataset_spec import DatasetSpec
+
+    fields = [f for f in dataclasses.fields(DatasetSpec) if "help" in f.metadata]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": field_schemas(DatasetSpec, fields),
+    }
+
+
 def render_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """`schema` with its stage sections and `$defs/dataset` replaced by the renderings of the dataclasses,
     and the method names of `methods` and `sweep` by the method registry's."""
-    from .dataset_spec import dataset_schema
     from .methods import method_names
 
     props = {k: v for k, v in schema["properties"].items() if k not in SECTIONS}

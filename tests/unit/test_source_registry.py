@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from d3s.dataset_spec import DatasetSpec, dataset_schema
+from d3s.dataset_spec import DatasetSpec
 from d3s.errors import D3SError
+from d3s.settings import dataset_schema
 from d3s.sources import get_source, source_names
 
 

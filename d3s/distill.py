@@ -17,6 +17,7 @@ statistics of the others.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import asdict
 
 import numpy as np
@@ -49,7 +50,7 @@ from .training import cosine_schedule
 from .transforms import apply_views, roll_by, sample_views
 
 
-class StatisticsMatching:
+class StatisticsMatching(abc.ABC):
     """The objective of a synthesising method (registered in `d3s.methods`): one matching term per
     BatchNorm layer of each teacher, from the layers' recorded inputs.
 
@@ -83,18 +84,18 @@ class StatisticsMatching:
     def moments(self, feats: torch.Tensor):
         return None
 
-    def initialise(self, k: int, per_block_moments: list[list[tuple]], sizes: list[int]) -> None:
-        pass
+    def initialise(self, k: int, per_block_moments: list[list[tuple]], sizes: list[int]) -> None:  # noqa: B027
+        """Start the moving statistics from whole-set moments (an objective without any keeps this no-op)."""
 
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict, sizes: list[int], device) -> None:
-        pass
+    def load_state_dict(self, state: dict, sizes: list[int], device) -> None:  # noqa: B027
+        """Restore what state_dict saved (nothing, for an objective without moving statistics)."""
 
+    @abc.abstractmethod
     def layer_terms(self, k: int, feats: list[torch.Tensor], b: int) -> torch.Tensor:
         """Each layer's term for teacher k with block b live: float64 [L]."""
-        raise NotImplementedError
 
 
 class GaussianMatching(StatisticsMatching):

@@ -10,9 +10,10 @@ rule distill_shard:
         "logs/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/{shard}.log",
     benchmark:
         "logs/bench/distill_shard/{dataset}/{synth}/ipc{ipc}/{dv}/{shard}.tsv"
+    priority: 2
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=distill_memory,
@@ -79,9 +80,10 @@ rule select_real:
         "logs/select_real/{dataset}/{coreset}/ipc{ipc}.log",
     benchmark:
         "logs/bench/select_real/{dataset}/{coreset}/ipc{ipc}.tsv"
+    priority: 3
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         # herding and k-center run the teachers over the training set (features: fp16 on the host)
         gpu=lambda wildcards: 0 if wildcards.coreset == "random" else gpu_count(),

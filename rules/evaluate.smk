@@ -55,7 +55,7 @@ rule evaluate_full:
         )
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=memory(data_splits=2, batch="evaluate", test=True),

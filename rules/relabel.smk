@@ -8,9 +8,10 @@ rule relabel:
         "logs/relabel/{dataset}/{method}/ipc{ipc}/{dv}/{rv}.log",
     benchmark:
         "logs/bench/relabel/{dataset}/{method}/ipc{ipc}/{dv}/{rv}.tsv"
+    priority: 1
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=student_memory("relabel"),

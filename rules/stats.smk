@@ -8,9 +8,10 @@ rule extract_stats:
         "logs/extract_stats/{dataset}/{teacher}.log",
     benchmark:
         "logs/bench/extract_stats/{dataset}/{teacher}.tsv"
+    priority: 3
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=memory(data_splits=1, batch="stats"),

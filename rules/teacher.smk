@@ -9,7 +9,7 @@ rule dataset_info:
         "logs/bench/dataset_info/{dataset}.tsv"
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=0,
         mem_mb=memory(data_splits=2),
@@ -30,9 +30,10 @@ rule train_teacher:
         "logs/train_teacher/{dataset}/{arch}-s{tseed}.log",
     benchmark:
         "logs/bench/train_teacher/{dataset}/{arch}-s{tseed}.tsv"
+    priority: 3
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=memory(data_splits=2, batch="teacher_training", test=True),
@@ -63,7 +64,7 @@ rule import_teacher:
         "logs/bench/import_teacher/{dataset}/{name}.tsv"
     conda:
         "../envs/d3s.yaml"
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=gpu_count(),
         mem_mb=memory(data_splits=2, test=True),

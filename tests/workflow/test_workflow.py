@@ -280,6 +280,19 @@ def test_default_config_and_slurm_profile_dry_run(tmp_path):
     assert "distill_shard" in out and "This was a dry-run" in out
 
 
+@pytest.mark.parametrize(("cores", "threads"), [(2, 1), (3, 1), (4, 2), (16, 2)])
+def test_local_jobs_take_at_most_half_the_cores(tmp_path, cores, threads):
+    """On 2 cores two 1-thread jobs run at once, rather than one 2-thread job while the other core
+    idles through its start-up; from 4 cores a rule gets the 2 threads it asks for."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    out = snakemake(tmp_path, "-n", "--cores", str(cores)).stdout
+    for command in ("train-teacher", "extract-stats", "distill", "relabel", "evaluate-full"):
+        shell = next(line for line in out.splitlines() if f" d3s {command} " in line)
+        assert f"--threads {threads} " in shell, (command, shell)
+    student = next(line for line in out.splitlines() if " d3s evaluate " in line)
+    assert "--threads 1 " in student  # a student asks for 1 thread on any machine
+
+
 def _local_rules(*configfiles: Path) -> set[str]:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings

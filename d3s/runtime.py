@@ -95,7 +95,7 @@ def setup_cuda() -> None:
 class Speed:
     """Process-wide speed settings (they change no result beyond float rounding), set by the CLI."""
 
-    channels_last: str = "auto"  # auto: on CUDA only (NHWC convolutions are faster there, slower on CPUs)
+    channels_last: str = "auto"  # auto: on CUDA only; on CPUs `on` can be faster too (config schema: figures)
     compile: bool = False  # torch.compile the training and relabel models (minutes of start-up, faster steps)
     device_type: str = "cpu"
 

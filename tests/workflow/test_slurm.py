@@ -63,6 +63,7 @@ def _config(**changes) -> dict:
             "ipcs": [2],
             "ipc_per_shard": 1,
             "eval_seeds": [0],
+            "seeds_in_one_job": False,  # one job per seed: arrays of students
             **changes,
         }
     )

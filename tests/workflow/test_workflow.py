@@ -170,21 +170,22 @@ def test_changing_evaluation_reruns_only_evaluation_and_summary(finished_run):
     workdir, config = finished_run
     changed = {**config, "evaluate": {**config["evaluate"], "lr": 0.01}}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"evaluate_student": 24, "evaluate_full": 4, "summarize": 1, "plot_accuracy": 1, "all": 1}
+    # 12 sets (3 methods x 2 IPCs x soft/hard) and full soft/hard: one job per student, both seeds in it
+    assert jobs == {"evaluate_student": 12, "evaluate_full": 2, "summarize": 1, "plot_accuracy": 1, "all": 1}
 
 
-def test_seeds_in_one_job_plans_one_job_per_student_with_every_seeds_output(finished_run):
-    """seeds_in_one_job (the embedded default's): the same result files, a job per student instead of per seed."""
+def test_one_job_per_seed_plans_the_same_result_files(finished_run):
+    """seeds_in_one_job false (the clusters' default): a job per seed, for the same result files."""
     workdir, config = finished_run
-    batched = {**config, "seeds_in_one_job": True}
-    proc = snakemake(workdir, "-n", "-p", "--forceall", config=batched)
+    per_seed = {**config, "seeds_in_one_job": False}
+    proc = snakemake(workdir, "-n", "-p", "--forceall", config=per_seed)
     out = proc.stdout + proc.stderr
     jobs = planned_jobs_from(out)
     seeds = len(config["eval_seeds"])
-    assert jobs["evaluate_student"] == 24 // seeds and jobs["evaluate_full"] == 4 // seeds
-    command = next(line for line in out.splitlines() if " evaluate --images" in line)
-    assert command.count("--seed ") == seeds and command.count("--out ") == seeds
-    assert "convnet3_w32-s0.json" in command and "convnet3_w32-s1.json" in command
+    assert seeds == 2 and jobs["evaluate_student"] == 12 * seeds and jobs["evaluate_full"] == 2 * seeds
+    commands = [line for line in out.splitlines() if " evaluate --images" in line]
+    assert all(c.count("--seed ") == 1 and c.count("--out ") == 1 for c in commands)
+    assert sum("convnet3_w32-s1.json" in c for c in commands) == 12
 
 
 def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
@@ -194,7 +195,7 @@ def test_changing_distillation_keeps_teachers_and_statistics(finished_run):
     assert "train_teacher" not in jobs and "extract_stats" not in jobs
     # d3s's shards rerun; the real-image baselines and their labels do not depend on distillation
     assert jobs["distill_shard"] == 3 and jobs["merge_shards"] == 2 and jobs["relabel"] == 2
-    assert jobs["evaluate_student"] == 8 and "select_real" not in jobs and "evaluate_full" not in jobs
+    assert jobs["evaluate_student"] == 4 and "select_real" not in jobs and "evaluate_full" not in jobs
 
 
 def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
@@ -207,7 +208,7 @@ def test_a_per_ipc_distillation_change_reruns_only_that_ipc(finished_run):
         "distill_shard": 2,
         "merge_shards": 1,
         "relabel": 1,
-        "evaluate_student": 4,
+        "evaluate_student": 2,
         "summarize": 1,
         "plot_accuracy": 1,
         "plot_losses": 1,
@@ -227,7 +228,7 @@ def test_changing_relabel_keeps_distilled_images(finished_run):
     changed = {**config, "relabel": {"epochs": 31}}
     jobs = planned_jobs(workdir, changed)
     assert set(jobs) == {"relabel", "evaluate_student", "summarize", "plot_accuracy", "all"} and jobs["relabel"] == 6
-    assert jobs["evaluate_student"] == 12  # the soft-label students only: a hard-label one reads no labels
+    assert jobs["evaluate_student"] == 6  # the soft-label students only: a hard-label one reads no labels
 
 
 def test_changing_the_teacher_reruns_everything(finished_run):
